@@ -1,0 +1,19 @@
+"""Normalization transforms: one ``nn.Module`` per step, pure kernels in ``functional``."""
+
+from enhanced_dm.transforms.base import FittableTransform, Pipeline, Transform
+from enhanced_dm.transforms.center_scale import CenterScaleTransform
+from enhanced_dm.transforms.densify import Densify
+from enhanced_dm.transforms.log1p import Log1p
+from enhanced_dm.transforms.normalize_total import NormalizeTotal
+from enhanced_dm.transforms.z_score import ZScore
+
+__all__ = [
+    "CenterScaleTransform",
+    "Densify",
+    "FittableTransform",
+    "Log1p",
+    "NormalizeTotal",
+    "Pipeline",
+    "Transform",
+    "ZScore",
+]

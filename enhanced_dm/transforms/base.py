@@ -1,0 +1,98 @@
+"""The transform contract and the pipeline that chains transforms over a batch dict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["FittableTransform", "Pipeline", "Transform"]
+
+Batch = dict[str, torch.Tensor]
+
+
+class Transform(nn.Module):
+    """A step of the pipeline: reads keys of the batch and returns only the keys it writes.
+
+    Subclasses implement ``forward(batch) -> dict``. ``output_key`` names the tensor that monitors
+    watch; ``clip_value`` (when not None) lets monitors count clipped values.
+    """
+
+    output_key: str = "x_ng"
+    clip_value: float | None = None
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """Options that change the fitted statistics; part of the statistics cache key."""
+        return {}
+
+
+class FittableTransform(Transform):
+    """A transform whose statistics are fitted on the train split before training.
+
+    ``fit_metric()`` returns a fresh ``torchmetrics.Metric`` whose ``update(batch)`` receives the
+    batch as it reaches this transform and whose ``compute()`` returns a dict of tensors;
+    ``load_fitted(state)`` stores that dict in buffers. ``fitted_state()`` returns it again for
+    caching and checkpoints.
+    """
+
+    fitted: bool = False
+
+    def fit_metric(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load_fitted(self, state: Mapping[str, torch.Tensor]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def fitted_state(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Pipeline(nn.ModuleList):
+    """Transforms applied in order; each one's output keys are merged into the batch.
+
+    The input dict is never mutated: a new dict is returned. ``on_output(name, transform, out)`` is
+    called after each step (monitors hook in there).
+    """
+
+    def __init__(self, transforms: Iterable[tuple[str, Transform]] = ()) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        for name, transform in transforms:
+            self.add(name, transform)
+
+    def add(self, name: str, transform: Transform) -> None:
+        """Append a named transform (names must be unique: they key statistics and the cache)."""
+        if name in self.names:
+            raise ValueError(f"a transform named {name!r} is already in the pipeline")
+        self.names.append(name)
+        self.append(transform)
+
+    def named_transforms(self) -> list[tuple[str, Transform]]:
+        """(name, transform) pairs in pipeline order."""
+        return list(zip(self.names, self, strict=True))
+
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        on_output: Callable[[str, Transform, Batch], None] | None = None,
+        stop_before: int | None = None,
+    ) -> Batch:
+        """Run the transforms (all, or those before index ``stop_before``) over ``batch``."""
+        result = dict(batch)
+        for index, (name, transform) in enumerate(self.named_transforms()):
+            if stop_before is not None and index >= stop_before:
+                break
+            out = transform(result)
+            result.update(out)
+            if on_output is not None:
+                on_output(name, transform, out)
+        return result
+
+    def __repr__(self) -> str:
+        steps = ", ".join(f"{name}={transform!r}" for name, transform in self.named_transforms())
+        return f"Pipeline({steps})"

@@ -1,0 +1,85 @@
+"""Pure tensor kernels behind the transforms: no state, no options object, inputs never mutated.
+
+Each kernel states its formula and the scanpy / scikit-learn function whose semantics it matches.
+They run on whatever device their inputs live on and compute in float32 (statistics arrive as
+float32 buffers that were accumulated in float64).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "densify",
+    "gather_group_rows",
+    "log1p",
+    "normalize_total",
+    "standardize",
+]
+
+
+def densify(counts_ng: torch.Tensor) -> torch.Tensor:
+    """Dense copy of a (possibly sparse CSR) count matrix, keeping its dtype."""
+    if counts_ng.layout == torch.sparse_csr:
+        return counts_ng.to_dense()
+    if counts_ng.layout != torch.strided:
+        return counts_ng.to_dense()
+    return counts_ng
+
+
+def normalize_total(
+    x_ng: torch.Tensor, total_counts_n: torch.Tensor, target_sum: float | torch.Tensor
+) -> torch.Tensor:
+    r"""Scale each cell to ``target_sum`` counts.
+
+    .. math:: y_{cg} = x_{cg} \cdot \frac{\text{target\_sum}}{t_c}, \qquad y_{c\cdot} = 0 \text{ if } t_c = 0
+
+    Matches ``scanpy.pp.normalize_total``: cells with zero total stay zero (never NaN). ``t_c`` is
+    the cell's library size (``total_counts_n``), so a gene subset keeps the whole-file scale.
+    """
+    total = total_counts_n.to(torch.float32).unsqueeze(-1)
+    scale = torch.where(
+        total > 0, target_sum / total.clamp_min(torch.finfo(torch.float32).tiny), 0.0
+    )
+    return x_ng.to(torch.float32) * scale
+
+
+def log1p(x_ng: torch.Tensor) -> torch.Tensor:
+    r"""Natural log of one plus the value: :math:`y = \ln(1 + x)` (``scanpy.pp.log1p``, base e)."""
+    return torch.log1p(x_ng.to(torch.float32))
+
+
+def gather_group_rows(
+    per_group_bg: torch.Tensor,
+    global_g: torch.Tensor,
+    group_n: torch.Tensor,
+    fitted_b: torch.Tensor,
+) -> torch.Tensor:
+    """Row ``group_n[c]`` of ``per_group_bg`` for every cell, or ``global_g`` where that group was
+    not fitted (no train cells, or a missing code ``-1``)."""
+    n_groups = per_group_bg.shape[0]
+    valid_n = (group_n >= 0) & (group_n < n_groups)
+    safe_n = torch.where(valid_n, group_n, torch.zeros_like(group_n))
+    use_group_n = valid_n & fitted_b[safe_n]
+    return torch.where(use_group_n.unsqueeze(-1), per_group_bg[safe_n], global_g.unsqueeze(0))
+
+
+def standardize(
+    x_ng: torch.Tensor,
+    center_g: torch.Tensor,
+    scale_g: torch.Tensor,
+    max_value: float | None = None,
+) -> torch.Tensor:
+    r"""Centre and scale each gene, then optionally clip.
+
+    .. math:: y_{cg} = \operatorname{clip}\!\left(\frac{x_{cg} - \mu_g}{\sigma_g}, -m, m\right)
+
+    ``center_g`` / ``scale_g`` may also be per cell (shape ``n x g``) for grouped statistics. Scales
+    must already be positive (fitting replaces a zero scale by 1, as ``scanpy.pp.scale`` does);
+    a non-positive scale is rejected rather than turned into inf. ``max_value`` clips to
+    ``[-max_value, max_value]`` like ``scanpy.pp.scale(max_value=...)`` with ``zero_center=True``.
+    """
+    y = (x_ng.to(torch.float32) - center_g) / scale_g
+    if max_value is not None:
+        y = y.clamp(-max_value, max_value)
+    return y

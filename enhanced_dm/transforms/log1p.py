@@ -1,0 +1,27 @@
+"""Natural-log transform."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from enhanced_dm.transforms import functional as F
+from enhanced_dm.transforms.base import Batch, Transform
+
+__all__ = ["Log1p"]
+
+
+class Log1p(Transform):
+    r""":math:`y = \ln(1 + x)`, as ``scanpy.pp.log1p`` (base e)."""
+
+    def __init__(self, key: str = "x_ng") -> None:
+        super().__init__()
+        self.key = key
+        self.output_key = key
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+        return {self.key: F.log1p(batch[self.key])}
+
+    def __repr__(self) -> str:
+        return "Log1p()"
