@@ -1,0 +1,7 @@
+"""Reading cells: stores over h5ad/AnnData, the block-shuffle sampler and CSR batches."""
+
+from enhanced_dm.data.collate import CellBatchDataset, make_dataloader
+from enhanced_dm.data.sampler import BlockShuffleSampler
+from enhanced_dm.data.store import CellStore
+
+__all__ = ["BlockShuffleSampler", "CellBatchDataset", "CellStore", "make_dataloader"]

@@ -1,0 +1,92 @@
+"""Map-style dataset whose item is a whole CSR batch, and the DataLoader that serves it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from enhanced_dm.data.store import CellStore
+
+__all__ = ["CellBatchDataset", "CellDataset", "collate_cells", "make_dataloader"]
+
+
+class CellBatchDataset(Dataset):
+    """``dataset[rows]`` reads the rows as one CSR batch (scvi-tools' batch-sampler pattern).
+
+    One ``__getitem__`` per batch keeps Python overhead per cell near zero and lets the store read
+    contiguous spans.
+    """
+
+    def __init__(self, store: CellStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return self.store.n_obs
+
+    def __getitem__(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        return self.store.read(rows)
+
+
+def make_dataloader(
+    store: CellStore, sampler: Sampler, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """DataLoader over whole-batch items: ``batch_size=None`` so no per-cell collation happens."""
+    return DataLoader(
+        CellBatchDataset(store),
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class CellDataset(Dataset):
+    """Per-cell items (a one-row CSR batch each) for plain ``DataLoader(..., collate_fn=loader)``
+    use with the seed-compatible loaders; slower than :class:`CellBatchDataset` by design."""
+
+    def __init__(self, store: CellStore, indices: Sequence[int] | None = None) -> None:
+        self.store = store
+        self.indices = list(range(store.n_obs)) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return self.store.read([self.indices[position]])
+
+
+def collate_cells(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack one-or-more-row batch dicts into one batch; ``counts_ng`` stays sparse CSR."""
+    if not items:
+        raise ValueError("cannot collate an empty list of cells")
+    batch: dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        parts = [item[key] for item in items]
+        if parts[0].layout == torch.sparse_csr:
+            batch[key] = _stack_csr(parts)
+        else:
+            batch[key] = torch.cat(
+                [part.reshape(-1) if part.dim() <= 1 else part for part in parts]
+            )
+    return batch
+
+
+def _stack_csr(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    crow, col, values, offset = [parts[0].crow_indices()[:1]], [], [], 0
+    for part in parts:
+        part_crow = part.crow_indices()
+        crow.append(part_crow[1:] + offset)
+        offset += int(part_crow[-1])
+        col.append(part.col_indices())
+        values.append(part.values())
+    n_rows = sum(part.shape[0] for part in parts)
+    return torch.sparse_csr_tensor(
+        torch.cat(crow),
+        torch.cat(col),
+        torch.cat(values),
+        size=(n_rows, parts[0].shape[1]),
+        check_invariants=False,
+    )

@@ -1,0 +1,312 @@
+"""CellStore: many h5ad files (or AnnData objects) as one cell x gene matrix with aligned genes."""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import anndata
+import numpy as np
+import pandas as pd
+import torch
+
+from enhanced_dm.data.sources import RowBlock, Source, open_source
+from enhanced_dm.errors import ConfigError, DataFileError
+
+__all__ = ["CellStore", "DataInput"]
+
+# torch marks sparse CSR as beta on every construction; the layout is used on purpose here.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+DataInput = (
+    str | os.PathLike[str] | anndata.AnnData | Sequence[str | os.PathLike[str] | anndata.AnnData]
+)
+
+
+def _expand_inputs(data: DataInput) -> list[str | os.PathLike[str] | anndata.AnnData]:
+    """A path, a glob pattern, an AnnData, or a list of those, as a flat list."""
+    items = [data] if isinstance(data, str | os.PathLike | anndata.AnnData) else list(data)
+    expanded: list[str | os.PathLike[str] | anndata.AnnData] = []
+    for item in items:
+        if isinstance(item, str) and glob.has_magic(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise DataFileError(f"{item}: the pattern matches no file")
+            expanded.extend(matches)
+        else:
+            expanded.append(item)
+    if not expanded:
+        raise DataFileError("no data given: expected a path, a list of paths or an AnnData")
+    return expanded
+
+
+class CellStore:
+    """Rows of one or many datasets, read as CSR batches in one gene space.
+
+    * ``genes``: the gene space (missing genes read as 0); default: the union of all files' genes
+      in order of first appearance (``gene_join="outer"``) or their intersection
+      (``gene_join="inner"``).
+    * ``obs_columns``: batch name -> obs column, e.g. ``{"batch": "sample"}`` gives ``batch_n``.
+      Text/categorical columns become int64 codes over a frozen category list (``categories``;
+      missing values are ``-1``); numeric columns become float32.
+    * ``total_counts_n`` is each cell's library size over ALL genes of its file (or the obs column
+      ``total_counts_key``), taken before gene alignment.
+    * ``counts``: ``True`` requires integer values, ``False`` accepts any non-negative values,
+      ``"auto"`` checks a sample of each file and records the verdict in ``is_counts``.
+    """
+
+    def __init__(
+        self,
+        data: DataInput,
+        *,
+        backed: bool = False,
+        layer: str | None = None,
+        genes: Sequence[str] | None = None,
+        gene_join: Literal["outer", "inner"] = "outer",
+        obs_columns: Mapping[str, str] | None = None,
+        total_counts_key: str | None = None,
+        counts: bool | Literal["auto"] = "auto",
+        categories: Mapping[str, Sequence[str]] | None = None,
+        max_open_files: int = 64,
+    ) -> None:
+        if gene_join not in ("outer", "inner"):
+            raise ConfigError(f"gene_join must be 'outer' or 'inner', got {gene_join!r}")
+        self.sources = [
+            open_source(item, backed=backed, layer=layer, index=index)
+            for index, item in enumerate(_expand_inputs(data))
+        ]
+        self.backed = backed
+        self.max_open_files = max_open_files
+        self._open_order: OrderedDict[int, None] = OrderedDict()
+        for source in self.sources:
+            _check_unique(source.var_names, source.name, "var_names")
+        self.var_names = self._gene_space(genes, gene_join)
+        self._column_maps = [self._column_map(source) for source in self.sources]
+        self.offsets = np.cumsum([0] + [source.n_obs for source in self.sources])
+        self.n_obs = int(self.offsets[-1])
+        if self.n_obs == 0:
+            raise DataFileError("the dataset has no cells")
+        self.obs_columns = dict(obs_columns or {})
+        self.categories: dict[str, list[str]] = {}
+        self.obs_values = {
+            name: self._obs_column(name, column, (categories or {}).get(name))
+            for name, column in self.obs_columns.items()
+        }
+        self.total_counts_key = total_counts_key
+        self._obs_totals = self._obs_column_float(total_counts_key) if total_counts_key else None
+        self.is_counts = self._check_values(counts)
+
+    # ----------------------------------------------------------------------------- metadata
+    @property
+    def n_genes(self) -> int:
+        return len(self.var_names)
+
+    def fingerprint(self) -> list[str]:
+        """Identity of the data (files: path, size, mtime; AnnData: content hash)."""
+        return [source.fingerprint for source in self.sources]
+
+    def var(self) -> pd.DataFrame:
+        """Gene annotations (columns of the first file that has each gene) in the store's order."""
+        frames = [source.var.assign(_gene=source.var_names) for source in self.sources]
+        merged = pd.concat(frames).drop_duplicates("_gene").set_index("_gene")
+        return merged.reindex(self.var_names)
+
+    def _gene_space(self, genes: Sequence[str] | None, gene_join: str) -> list[str]:
+        if genes is not None:
+            genes = [str(gene) for gene in genes]
+            _check_unique(pd.Index(genes), "genes=", "the gene list")
+            return genes
+        if gene_join == "inner":
+            common = self.sources[0].var_names
+            for source in self.sources[1:]:
+                common = common[common.isin(source.var_names)]
+            if len(common) == 0:
+                raise DataFileError("the files share no gene (gene_join='inner')")
+            return [str(gene) for gene in common]
+        seen: dict[str, None] = {}
+        for source in self.sources:
+            seen.update(dict.fromkeys(map(str, source.var_names)))
+        return list(seen)
+
+    def _column_map(self, source: Source) -> np.ndarray | None:
+        """File gene position -> store gene position (-1: dropped); None when identical."""
+        mapping = (
+            pd.Index(self.var_names).get_indexer(source.var_names.astype(str)).astype(np.int64)
+        )
+        if len(mapping) == self.n_genes and np.array_equal(mapping, np.arange(self.n_genes)):
+            return None
+        return mapping
+
+    def _concat_obs(self, column: str) -> pd.Series:
+        parts = []
+        for source in self.sources:
+            if column not in source.obs.columns:
+                raise DataFileError(
+                    f"{source.name}: obs column {column!r} is missing; "
+                    f"available: {sorted(map(str, source.obs.columns))}"
+                )
+            parts.append(source.obs[column].reset_index(drop=True))
+        return pd.concat(parts, ignore_index=True)
+
+    def _obs_column(self, name: str, column: str, frozen: Sequence[str] | None) -> np.ndarray:
+        values = self._concat_obs(column)
+        numeric = (
+            pd.api.types.is_numeric_dtype(values)
+            and not isinstance(values.dtype, pd.CategoricalDtype)
+            and not pd.api.types.is_bool_dtype(values)
+        )
+        if numeric and frozen is None:
+            return values.to_numpy(dtype=np.float32)
+        if frozen is not None:
+            categories = [str(category) for category in frozen]
+        elif isinstance(values.dtype, pd.CategoricalDtype) and len(self.sources) == 1:
+            categories = [str(category) for category in values.cat.categories]
+        else:
+            categories = sorted({str(value) for value in values.dropna()})
+        self.categories[name] = categories
+        as_text = values.astype(object).where(values.notna(), None)
+        codes = pd.Categorical(
+            as_text.map(lambda v: None if v is None else str(v)), categories=categories
+        ).codes
+        return codes.astype(np.int64)
+
+    def set_categories(self, categories: Mapping[str, Sequence[str]]) -> None:
+        """Re-code obs columns against saved category maps (resume on other data or ranks)."""
+        for name, frozen in categories.items():
+            if name in self.obs_columns:
+                self.obs_values[name] = self._obs_column(name, self.obs_columns[name], frozen)
+
+    def _obs_column_float(self, column: str) -> np.ndarray:
+        values = self._concat_obs(column)
+        if not pd.api.types.is_numeric_dtype(values):
+            raise DataFileError(
+                f"obs column {column!r} must be numeric (library sizes), found dtype {values.dtype}"
+            )
+        return values.to_numpy(dtype=np.float64)
+
+    def _check_values(self, counts: bool | str) -> bool:
+        """Reject negative / non-finite values; decide whether the data are integer counts."""
+        if counts not in (True, False, "auto"):
+            raise ConfigError(f"counts must be True, False or 'auto', got {counts!r}")
+        integer = True
+        for source in self.sources:
+            sample = np.asarray(source.sample_values())
+            if sample.dtype.kind == "f":
+                if not np.isfinite(sample).all():
+                    raise DataFileError(f"{source.name}: the matrix contains NaN or inf values")
+                source_integer = bool(np.all(sample == np.round(sample)))
+            elif sample.dtype.kind in "iub":
+                source_integer = True
+            else:
+                raise DataFileError(
+                    f"{source.name}: the matrix has unsupported dtype {sample.dtype}"
+                )
+            if sample.size and sample.min() < 0:
+                raise DataFileError(
+                    f"{source.name}: the matrix contains negative values (min {sample.min()}); "
+                    "expected counts or non-negative expression"
+                )
+            if counts is True and not source_integer:
+                raise DataFileError(
+                    f"{source.name}: counts=True but the matrix holds non-integer values "
+                    f"(e.g. {sample[sample != np.round(sample)][:3].tolist()}); pass raw counts"
+                )
+            integer &= source_integer
+        return bool(integer) if counts == "auto" else bool(counts)
+
+    # ----------------------------------------------------------------------------- reading
+    def _touch(self, source_index: int) -> None:
+        """Keep at most ``max_open_files`` h5py handles open (least recently used closed)."""
+        self._open_order.pop(source_index, None)
+        self._open_order[source_index] = None
+        while len(self._open_order) > self.max_open_files:
+            oldest, _ = self._open_order.popitem(last=False)
+            self.sources[oldest].close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_open_order"] = OrderedDict()
+        return state
+
+    def read(self, rows: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """A CSR batch of the given global rows (returned in ascending order of row index)."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self.n_obs):
+            raise IndexError(f"row index out of range [0, {self.n_obs})")
+        source_ids = np.searchsorted(self.offsets, rows, side="right") - 1
+        blocks: list[RowBlock] = []
+        totals: list[np.ndarray] = []
+        for source_index in np.unique(source_ids):
+            local = rows[source_ids == source_index] - self.offsets[source_index]
+            self._touch(int(source_index))
+            block = self.sources[source_index].read_rows(local)
+            totals.append(_row_sums(block))
+            blocks.append(_remap_columns(block, self._column_maps[source_index]))
+        indptr, indices, data = _concat_blocks(blocks)
+        dtype = torch.int32 if self.is_counts else torch.float32
+        values = torch.from_numpy(data).to(dtype)
+        index_dtype = torch.int32 if len(data) < 2**31 - 1 else torch.int64
+        counts_ng = torch.sparse_csr_tensor(
+            torch.from_numpy(indptr).to(index_dtype),
+            torch.from_numpy(indices).to(index_dtype),
+            values,
+            size=(len(rows), self.n_genes),
+            check_invariants=False,
+        )
+        total = self._obs_totals[rows] if self._obs_totals is not None else np.concatenate(totals)
+        batch = {
+            "counts_ng": counts_ng,
+            "total_counts_n": torch.from_numpy(np.asarray(total, dtype=np.float32)),
+            "cell_index_n": torch.from_numpy(rows),
+        }
+        for name, values_n in self.obs_values.items():
+            batch[f"{name}_n"] = torch.from_numpy(values_n[rows])
+        return batch
+
+
+def _check_unique(names: pd.Index, where: str, what: str) -> None:
+    if not names.is_unique:
+        duplicated = names[names.duplicated()].unique()[:5].tolist()
+        raise DataFileError(
+            f"{where}: {what} contain duplicates, e.g. {duplicated}; "
+            "make them unique (adata.var_names_make_unique())"
+        )
+
+
+def _row_sums(block: RowBlock) -> np.ndarray:
+    """Per-row sum of stored values over all of the file's genes."""
+    n_rows = len(block.indptr) - 1
+    row_ids = np.repeat(np.arange(n_rows), np.diff(block.indptr))
+    return np.bincount(row_ids, weights=block.data.astype(np.float64), minlength=n_rows)
+
+
+def _remap_columns(block: RowBlock, mapping: np.ndarray | None) -> RowBlock:
+    """Translate file gene positions to store positions, dropping genes outside the store."""
+    if mapping is None:
+        return block
+    columns = mapping[block.indices]
+    keep = columns >= 0
+    if keep.all():
+        return RowBlock(block.indptr, columns, block.data)
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    return RowBlock(kept_before[block.indptr], columns[keep], block.data[keep])
+
+
+def _concat_blocks(blocks: list[RowBlock]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if len(blocks) == 1:
+        block = blocks[0]
+        return block.indptr, block.indices, block.data
+    offsets = np.cumsum([0] + [len(block.data) for block in blocks])
+    indptr = np.concatenate(
+        [blocks[0].indptr[:1]]
+        + [block.indptr[1:] + offset for block, offset in zip(blocks, offsets, strict=False)]
+    )
+    return (
+        indptr,
+        np.concatenate([block.indices for block in blocks]),
+        np.concatenate([block.data for block in blocks]),
+    )

@@ -1,0 +1,130 @@
+"""Seed-compatible collate-style loaders (``BaseEnhancedLoader``, ...) for users without Lightning.
+
+Each loader wraps the DataModule of the same name: it fits the statistics on construction and then
+works as a ``collate_fn``, applying the very same pipeline on the CPU::
+
+    loader = BaseEnhancedLoader(cfg, data="cells.h5ad", normalization_type="z_score")
+    dataloader = DataLoader(loader.dataset(), batch_size=256, collate_fn=loader)
+
+Items may be the dicts that ``loader.dataset()`` yields, 1-D count vectors over
+``loader.var_names`` (tensor, numpy or scipy sparse row), or dicts ``{"counts": vector, <obs
+name>: label or code}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from enhanced_dm.data.collate import CellDataset, collate_cells
+from enhanced_dm.datamodules.base import BaseEnhancedDataModule
+from enhanced_dm.errors import ConfigError
+
+__all__ = ["BaseEnhancedLoader", "EnhancedCollateLoader"]
+
+
+class EnhancedCollateLoader:
+    """A fitted pipeline as a ``collate_fn``; subclasses name the DataModule they wrap."""
+
+    datamodule_class: ClassVar[type[BaseEnhancedDataModule]] = BaseEnhancedDataModule
+
+    def __init__(self, cfg: Any = None, data: Any = None, **options: Any) -> None:
+        if data is None and cfg is not None:
+            data = _config_value(cfg, "data")
+        if data is None:
+            raise ConfigError(
+                f"{type(self).__name__} needs data= (a path, list of paths or "
+                "AnnData) to fit its normalization statistics on"
+            )
+        self.cfg = cfg
+        self.datamodule = self.datamodule_class(data=data, cfg=cfg, **options)
+        self.datamodule.setup("fit")
+
+    @property
+    def var_names(self) -> list[str]:
+        return self.datamodule.var_names
+
+    def dataset(self, split: str | None = None) -> CellDataset:
+        """Per-cell dataset over all cells, or over one split (``"train"``, ``"val"``, ``"test"``)."""
+        store = self.datamodule._require_store()
+        return CellDataset(store, None if split is None else self.datamodule.split[split].tolist())
+
+    def __call__(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        batch = collate_cells(
+            [self._as_batch(item, position) for position, item in enumerate(items)]
+        )
+        return self.datamodule.on_after_batch_transfer(batch, 0)
+
+    def _as_batch(self, item: Any, position: int) -> dict[str, torch.Tensor]:
+        if isinstance(item, dict) and "counts_ng" in item:
+            return item
+        labels = (
+            {key: value for key, value in item.items() if key != "counts"}
+            if isinstance(item, dict)
+            else {}
+        )
+        counts = item["counts"] if isinstance(item, dict) else item
+        row = sp.csr_matrix(
+            np.asarray(
+                counts.cpu()
+                if isinstance(counts, torch.Tensor)
+                else counts.toarray()
+                if sp.issparse(counts)
+                else counts
+            ).reshape(1, -1)
+        )
+        if row.shape[1] != len(self.var_names):
+            raise ConfigError(
+                f"item {position} has {row.shape[1]} genes; the loader's gene space "
+                f"has {len(self.var_names)} (loader.var_names)"
+            )
+        store = self.datamodule._require_store()
+        values = torch.from_numpy(row.data).to(torch.int32 if store.is_counts else torch.float32)
+        batch = {
+            "counts_ng": torch.sparse_csr_tensor(
+                torch.from_numpy(row.indptr).long(),
+                torch.from_numpy(row.indices).long(),
+                values,
+                size=row.shape,
+                check_invariants=False,
+            ),
+            "total_counts_n": torch.tensor([float(labels.pop("total_counts", row.sum()))]),
+            "cell_index_n": torch.tensor([int(labels.pop("cell_index", -1))]),
+        }
+        for name, value in labels.items():
+            batch[f"{name}_n"] = torch.tensor([self._code(name, value)])
+        return batch
+
+    def _code(self, name: str, value: Any) -> int | float:
+        categories = self.datamodule.categories.get(name)
+        if categories is None or isinstance(value, int | np.integer):
+            return value
+        return categories.index(str(value)) if str(value) in categories else -1
+
+    def get_normalization_stats(self) -> dict[str, dict[str, float]]:
+        """Per-transform output statistics of the batches collated so far."""
+        return self.datamodule.get_normalization_stats()
+
+    def reset_normalization_stats(self) -> None:
+        """Clear the output statistics."""
+        self.datamodule.reset_normalization_stats()
+
+    def __getattr__(self, name: str) -> Callable[[], Any]:
+        # get_pathway_stats(), get_temporal_stats(), ... delegate to the DataModule's components.
+        if name.startswith("get_") and name.endswith("_stats") and "datamodule" in self.__dict__:
+            return getattr(self.datamodule, name)
+        raise AttributeError(name)
+
+
+class BaseEnhancedLoader(EnhancedCollateLoader):
+    """Collate-style twin of :class:`~enhanced_dm.BaseEnhancedDataModule`."""
+
+
+def _config_value(cfg: Any, key: str) -> Any:
+    if isinstance(cfg, dict):
+        return cfg.get(key)
+    return getattr(cfg, key, None)

@@ -1,0 +1,6 @@
+"""torchmetrics that watch transform outputs; ``get_normalization_stats()`` reads them."""
+
+from enhanced_dm.monitors.output_stats import OutputStatsMetric
+from enhanced_dm.monitors.pipeline_monitor import PipelineMonitor
+
+__all__ = ["OutputStatsMetric", "PipelineMonitor"]
