@@ -4,9 +4,15 @@ Every parser raises :class:`~enhanced_dm.errors.AnnotationFileError` (naming the
 bad line, its line number) for any content it cannot read, and no other exception type.
 """
 
+from enhanced_dm.annotations.compartments import read_gene_compartments
+from enhanced_dm.annotations.gene_list import read_gene_list
 from enhanced_dm.annotations.gmt import GeneSet, read_gmt
+from enhanced_dm.annotations.network import read_network
 
 __all__ = [
     "GeneSet",
+    "read_gene_compartments",
+    "read_gene_list",
     "read_gmt",
+    "read_network",
 ]
