@@ -1,6 +1,7 @@
 """Real demo data, rebuilt at run time from files that installed packages ship (no download).
 
-``pbmc68k()`` is the default ``data`` of the ``enhanced-dm`` command. ``bundled_path(name)`` finds the
+``pbmc68k()`` is the default ``data`` of the ``enhanced-dm`` command; ``h5ad_files(path)`` is what
+``data=path data.path=...`` gives instead. ``bundled_path(name)`` finds the
 small annotation files shipped inside this package (their sources and licences are listed in
 ``enhanced_dm/resources/MANIFEST.md``).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import anndata
@@ -18,7 +20,7 @@ import scipy.sparse as sp
 
 from enhanced_dm.errors import DataFileError
 
-__all__ = ["bundled_path", "pbmc68k"]
+__all__ = ["bundled_path", "h5ad_files", "pbmc68k"]
 
 RESOURCES_DIR = Path(__file__).resolve().parent / "resources"
 
@@ -95,6 +97,25 @@ def pbmc68k() -> anndata.AnnData:
     obs = pd.DataFrame({new: source.obs[old].copy() for new, old in _PBMC68K_OBS})
     var = pd.DataFrame(index=source.raw.var_names.copy())
     return anndata.AnnData(X=counts, obs=obs, var=var, uns={"provenance": _PBMC68K_PROVENANCE})
+
+
+def h5ad_files(path: str | Path | Sequence[str | Path]) -> str | list[str]:
+    """Check that one ``.h5ad`` path (or each of a list) exists; return it as given, ``~`` expanded.
+
+    The DataModule opens the files itself (in memory or ``backed``); this only fails early, naming
+    the missing file, when a config points at the wrong place.
+    """
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    if not paths:
+        raise DataFileError("data.path is an empty list; give one .h5ad file or a list of them")
+    resolved = [str(Path(p).expanduser()) for p in paths]
+    for original, candidate in zip(paths, resolved, strict=True):
+        if not Path(candidate).is_file():
+            raise DataFileError(
+                f"{original}: no such file (looked in {Path(candidate).resolve().parent}); "
+                "data.path takes an .h5ad file or a list of them"
+            )
+    return resolved[0] if isinstance(path, str | Path) else resolved
 
 
 def bundled_path(name: str) -> Path:

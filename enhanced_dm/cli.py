@@ -1,0 +1,322 @@
+"""The ``enhanced-dm`` console script: ``enhanced-dm fit|validate|test|predict|stats [overrides...]``.
+
+The first word is the task; the rest are Hydra overrides of the config tree in ``conf/`` (shipped
+inside the wheel as ``enhanced_dm/conf``), e.g. ``enhanced-dm fit normalization=none
+trainer.max_epochs=5`` or ``enhanced-dm stats -m normalization=z_score,none``. A run instantiates
+the ``datamodule``, ``model``, ``callbacks``, ``logger`` and ``trainer`` nodes and calls the
+Trainer method of the task; ``stats`` only fits the normalization and writes the report of
+:mod:`enhanced_dm.plots`. Errors of the ``EnhancedDMError`` family end the command with their
+message and exit status 1, without a traceback.
+
+Every ``_target_`` node of the datamodule, model and trainer groups has a schema generated from
+its constructor's signature (:func:`register_schemas`), so a misspelled or mistyped override fails
+when the config is composed, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TASKS", "config_dir", "main", "register_schemas", "run", "schema_from_signature"]
+
+TASKS = ("fit", "validate", "test", "predict", "stats")
+USAGE = f"""usage: enhanced-dm {{{",".join(TASKS)}}} [hydra overrides...] [-m] [--cfg job] [--help]
+
+  fit       train the model (default: cell types of the bundled PBMC data), then write the
+            normalization statistics report
+  validate  evaluate on the validation split (give ckpt_path=...)
+  test      evaluate on the test split (give ckpt_path=...)
+  predict   run the model over every cell and save predictions.pt (give ckpt_path=...)
+  stats     only fit the normalization and write its report (JSON + PNG plots)
+
+examples:
+  enhanced-dm fit
+  enhanced-dm fit normalization=none trainer.max_epochs=5
+  enhanced-dm stats data=path data.path=cells.h5ad datamodule.batch_key=batch
+  enhanced-dm fit -m normalization=z_score,none
+  enhanced-dm fit --help      (the config groups and their choices)
+"""
+
+
+def config_dir() -> Path:
+    """The config tree: ``enhanced_dm/conf`` in an installed wheel, else ``conf/`` of the checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "conf", package_dir.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    from enhanced_dm.errors import ConfigError
+
+    raise ConfigError(
+        f"no Hydra config tree found (looked for {package_dir / 'conf'} and "
+        f"{package_dir.parent / 'conf'}); reinstall enhanced-dm"
+    )
+
+
+# ------------------------------------------------------------------------------------ schemas
+_SCALARS = (bool, int, float, str)
+
+
+def _omegaconf_type(annotation: Any, default: Any) -> Any:
+    """The closest type OmegaConf can check: a scalar (optional), ``list[scalar]``, or ``Any``.
+
+    Unions of several types (``int | float``, ``str | Path``) stay ``Any``: coercing them would
+    change meaning (Lightning reads ``limit_train_batches=2`` and ``2.0`` differently).
+    """
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        optional = len(members) < len(typing.get_args(annotation))
+        inner = _omegaconf_type(members[0], default) if len(members) == 1 else Any
+        return typing.Optional[inner] if optional and inner is not Any else inner  # noqa: UP045
+    if origin is typing.Literal:
+        values = typing.get_args(annotation)
+        return str if all(isinstance(value, str) for value in values) else Any
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        args = [arg for arg in typing.get_args(annotation) if arg is not Ellipsis]
+        if len(set(args)) == 1 and args[0] in _SCALARS:
+            return list[args[0]]  # type: ignore[valid-type]
+        return Any
+    if origin in (dict, Mapping, typing.Mapping):
+        return dict[str, Any]
+    if annotation in _SCALARS:
+        return typing.Optional[annotation] if default is None else annotation  # noqa: UP045
+    return Any
+
+
+def _field_default(default: Any) -> Any:
+    """A dataclass field for a constructor default (mutable and odd defaults become plain data)."""
+    if default is inspect.Parameter.empty:
+        return dataclasses.field(default=dataclasses.MISSING)
+    if isinstance(default, list | tuple):
+        return dataclasses.field(default_factory=lambda value=default: list(value))
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda value=default: dict(value))
+    if default is None or isinstance(default, _SCALARS):
+        return dataclasses.field(default=default)
+    return dataclasses.field(default=str(default))
+
+
+def schema_from_signature(
+    target: Callable[..., Any], defaults: Mapping[str, Any] | None = None
+) -> type:
+    """A dataclass with ``_target_`` and one typed field per keyword of ``target``'s constructor.
+
+    Generated, so it never drifts from the code; ``defaults`` replaces some field defaults (the
+    DataModules' ``data`` defaults to the ``${data}`` node). ``_convert_="all"`` hands plain lists
+    and dicts, not OmegaConf containers, to the constructor.
+    """
+    function = target.__init__ if inspect.isclass(target) else target  # type: ignore[misc]
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # annotations naming optional packages cannot always be resolved
+        hints = {}
+    fields: list[tuple[str, Any, Any]] = [
+        ("_target_", str, dataclasses.field(default=f"{target.__module__}.{target.__qualname__}")),
+        ("_convert_", str, dataclasses.field(default="all")),
+    ]
+    for name, parameter in inspect.signature(function).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = (defaults or {}).get(name, parameter.default)
+        annotation = _omegaconf_type(hints.get(name, Any), default)
+        fields.append((name, annotation, _field_default(default)))
+    return dataclasses.make_dataclass(f"{target.__qualname__}Config", fields, kw_only=True)
+
+
+def _datamodule_classes() -> dict[str, type]:
+    """Class name -> class of every DataModule the package exports or defines in datamodules/."""
+    import importlib
+    import pkgutil
+
+    import lightning as L
+
+    import enhanced_dm
+    import enhanced_dm.datamodules
+
+    modules = [enhanced_dm] + [
+        importlib.import_module(f"enhanced_dm.datamodules.{info.name}")
+        for info in pkgutil.iter_modules(enhanced_dm.datamodules.__path__)
+    ]
+    found: dict[str, type] = {}
+    for module in modules:
+        for name, member in vars(module).items():
+            if (
+                inspect.isclass(member)
+                and issubclass(member, L.LightningDataModule)
+                and member.__module__.startswith("enhanced_dm.")
+            ):
+                found[name] = member
+    return found
+
+
+def register_schemas() -> None:
+    """Store the schemas as ``schema/<group>/<ClassName>`` in Hydra's ConfigStore.
+
+    DataModules: every LightningDataModule exported by ``enhanced_dm`` or defined in a module of
+    ``enhanced_dm.datamodules`` (a new one only needs its ``conf/datamodule/<name>.yaml``); models: every LightningModule in ``enhanced_dm.models``;
+    trainer: ``lightning.Trainer``.
+    """
+    import lightning as L
+    from hydra.core.config_store import ConfigStore
+
+    import enhanced_dm.models
+
+    store = ConfigStore.instance()
+    for name, member in _datamodule_classes().items():
+        node = schema_from_signature(member, defaults={"data": "${data}"})
+        store.store(group="schema/datamodule", name=name, node=node)
+    for name in enhanced_dm.models.__all__:
+        member = getattr(enhanced_dm.models, name)
+        if inspect.isclass(member) and issubclass(member, L.LightningModule):
+            store.store(group="schema/model", name=name, node=schema_from_signature(member))
+    store.store(group="schema/trainer", name="Trainer", node=schema_from_signature(L.Trainer))
+
+
+# -------------------------------------------------------------------------------------- run
+def _instantiate_all(nodes: Any) -> list[Any]:
+    """Instantiate every ``_target_`` node of a group like ``callbacks`` or ``logger``."""
+    from hydra.utils import instantiate
+
+    if not nodes:
+        return []
+    return [instantiate(node) for node in nodes.values() if node and "_target_" in node]
+
+
+def run(cfg: Any) -> float | None:
+    """Instantiate the config's objects and do its ``task``; return the checkpoint metric if any."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from enhanced_dm.plots import write_stats_report
+
+    started = time.perf_counter()
+    output_dir = Path(cfg.output_dir)
+    if cfg.seed is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.datamodule)
+    if cfg.task == "stats":
+        datamodule.setup("fit")
+        report = write_stats_report(datamodule, output_dir / "stats", cfg.report_max_cells)
+        _print_summary(cfg.task, started, output_dir, None, report)
+        return None
+
+    model = instantiate(cfg.model)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if cfg.task != "fit" and cfg.ckpt_path is None:
+        print(f"enhanced-dm {cfg.task}: no ckpt_path given, so the model is untrained")
+    if cfg.task == "fit":
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    elif cfg.task == "validate":
+        trainer.validate(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    elif cfg.task == "test":
+        trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    elif cfg.task == "predict":
+        outputs = trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path) or []
+        merged = {key: torch.cat([batch[key] for batch in outputs]) for key in outputs[0]}
+        torch.save(merged, output_dir / "predictions.pt")
+    report = None
+    if cfg.task == "fit" and cfg.stats_report and trainer.is_global_zero:
+        datamodule.reset_normalization_stats()
+        report = write_stats_report(datamodule, output_dir / "stats", cfg.report_max_cells)
+    if trainer.is_global_zero:
+        _print_summary(cfg.task, started, output_dir, trainer, report)
+    monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+    value = trainer.callback_metrics.get(monitor) if monitor else None
+    return float(value) if value is not None else None
+
+
+def _print_summary(
+    task: str, started: float, output_dir: Path, trainer: Any, report: dict[str, Path] | None
+) -> None:
+    lines = [f"enhanced-dm {task}: done in {time.perf_counter() - started:.1f} s"]
+    if trainer is not None:
+        metrics = {
+            key: float(value)
+            for key, value in sorted(trainer.callback_metrics.items())
+            if not key.startswith("normalization/") and value.numel() == 1
+        }
+        lines += [f"  {key} = {value:.4f}" for key, value in metrics.items()]
+    lines.append(f"  run directory: {output_dir}")
+    for logger in trainer.loggers if trainer is not None else []:
+        lines.append(f"  {type(logger).__name__} logs: {logger.log_dir}")
+    checkpoint = getattr(trainer, "checkpoint_callback", None)
+    if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
+        lines.append(f"  best checkpoint: {checkpoint.best_model_path}")
+    if (output_dir / "predictions.pt").is_file():
+        lines.append(f"  predictions: {output_dir / 'predictions.pt'}")
+    if report is not None:
+        lines.append(f"  statistics: {report['statistics']}")
+        lines.append(f"  per-gene table: {report['genes']}")
+        lines += [f"  plot: {path}" for key, path in report.items() if path.suffix == ".png"]
+    print("\n".join(lines), flush=True)
+
+
+def _enhanced_dm_error(exc: BaseException) -> BaseException | None:
+    """The ``EnhancedDMError`` behind ``exc`` (Hydra wraps constructor errors), if there is one."""
+    from enhanced_dm.errors import EnhancedDMError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, EnhancedDMError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _task(cfg: Any) -> float | None:
+    from hydra.errors import InstantiationException
+
+    try:
+        return run(cfg)
+    except Exception as exc:
+        error = _enhanced_dm_error(exc)
+        if error is None and isinstance(exc, InstantiationException) and not _full_error():
+            # A config that names a wrong argument (e.g. `+datamodule.batch_sie=3`): Hydra's
+            # message names the target, the argument and the config key.
+            error = exc
+        if error is None:
+            raise
+        print(f"enhanced-dm {cfg.task}: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def _full_error() -> bool:
+    import os
+
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``enhanced-dm`` console script."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        raise SystemExit(0 if arguments else 2)
+    task, overrides = arguments[0], arguments[1:]
+    if task not in TASKS:
+        print(f"enhanced-dm: unknown task {task!r}\n\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+
+    import hydra
+
+    register_schemas()
+    hydra_main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    sys.argv = [f"enhanced-dm {task}", *overrides, f"task={task}"]
+    hydra_main(_task)()
+
+
+if __name__ == "__main__":
+    main()
