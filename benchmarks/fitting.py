@@ -1,0 +1,82 @@
+"""The fitting pass of enhanced-dm against scanpy computing the same statistics in memory.
+
+enhanced-dm: ``setup("fit")`` with the base pipeline (total-count -> log1p -> z-score), a fresh
+statistics cache, minus the same ``setup`` with nothing to fit = the fitting passes alone.
+scanpy: ``read_h5ad`` in memory, ``normalize_total(target_sum=1e4)``, ``log1p``, then the
+per-gene mean and variance that ``scanpy.pp.scale`` would use (computed on the sparse matrix:
+``scale`` itself would densify cells x genes float32). Peak RSS is the process tree's, sampled.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import PeakMemorySampler
+
+
+def _timed(function: Any) -> tuple[Any, float, float]:
+    """Run ``function()``; return its value, seconds, peak RSS growth in MiB."""
+    with PeakMemorySampler() as memory:
+        started = time.perf_counter()
+        value = function()
+        seconds = time.perf_counter() - started
+    return value, seconds, (memory.peak_bytes - memory.baseline_bytes) / 2**20
+
+
+def enhanced_fitting(path: Path, batch_size: int, block_size: int, backed: bool) -> dict[str, Any]:
+    """Setup time with and without fitting; the difference is the fitting passes."""
+    from peers.enhanced import CPU_PIPELINE, LOADER_ONLY
+
+    from enhanced_dm import BaseEnhancedDataModule
+    from enhanced_dm.transforms import FittableTransform
+
+    def setup(options: dict[str, Any]) -> BaseEnhancedDataModule:
+        datamodule = BaseEnhancedDataModule(
+            data=str(path),
+            backed=backed,
+            block_size=block_size,
+            batch_size=batch_size,
+            val_fraction=0.0,
+            stats_cache_dir=tempfile.mkdtemp(prefix="enhanced_dm_fit_"),
+            progress=False,
+            **options,
+        )
+        datamodule.setup("fit")
+        return datamodule
+
+    _, plain_s, plain_mb = _timed(lambda: setup(LOADER_ONLY))
+    datamodule, fitted_s, fitted_mb = _timed(lambda: setup(CPU_PIPELINE))
+    passes = sum(isinstance(t, FittableTransform) for t in (datamodule.pipeline or []))
+    return {
+        "backed": backed,
+        "setup_without_fitting_s": plain_s,
+        "setup_with_fitting_s": fitted_s,
+        "fitting_s": fitted_s - plain_s,
+        "fitting_passes": passes,
+        "peak_rss_delta_mb": fitted_mb,
+        "setup_without_fitting_peak_rss_delta_mb": plain_mb,
+    }
+
+
+def scanpy_fitting(path: Path) -> dict[str, Any]:
+    """scanpy in memory: read, normalize_total, log1p, per-gene mean and variance."""
+    import anndata
+    import scanpy as sc
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        adata = anndata.read_h5ad(path)
+        adata.X = adata.X.astype(np.float32)
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+        x = adata.X
+        mean = np.asarray(x.mean(axis=0)).ravel()
+        mean_sq = np.asarray(x.multiply(x).mean(axis=0)).ravel()
+        n = x.shape[0]
+        return mean, (mean_sq - mean**2) * n / (n - 1)
+
+    _, seconds, peak_mb = _timed(run)
+    return {"seconds": seconds, "peak_rss_delta_mb": peak_mb, "includes_reading_file": True}

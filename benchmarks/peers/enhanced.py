@@ -1,0 +1,128 @@
+"""enhanced-dm's own configurations: THE SLOT FOR OUR LOADER.
+
+Rows: in memory and backed, block sizes 1 / 16 / 64 / 256, loader only (``normalization_type
+="none"``, no per-cell / per-gene step); plus backed block 64 with the base pipeline run on the
+CPU (total-count -> log1p -> z-score, i.e. ``dm.on_after_batch_transfer(batch, 0)`` on each
+batch, fitting included in the setup time). Batches are dicts with ``counts_ng`` (torch sparse
+CSR), ``cell_type_n`` and ``cell_index_n``.
+
+While ``enhanced_dm`` cannot be imported the rows are skipped with a note, so the runner still
+measures the peers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from common import EpochFactory, Minibatch
+
+from peers import LoaderConfig, Settings
+
+BLOCK_SIZES = (1, 16, 64, 256)
+NORMALIZATION_BLOCK_SIZE = 64
+LOADER_ONLY = {
+    "normalization_type": "none",
+    "per_cell_normalization": False,
+    "per_gene_normalization": False,
+    "log1p": False,
+}
+CPU_PIPELINE = {
+    "normalization_type": "z_score",
+    "per_cell_normalization": True,
+    "per_gene_normalization": True,
+    "log1p": True,
+}
+
+
+def import_error() -> str:
+    """Empty when ``enhanced_dm.BaseEnhancedDataModule`` imports, else why it does not."""
+    try:
+        from enhanced_dm import BaseEnhancedDataModule  # noqa: F401
+    except Exception as error:  # any import-time failure of a library under construction
+        return f"enhanced_dm is not importable yet ({type(error).__name__}: {error})"
+    return ""
+
+
+def enhanced_loader(
+    settings: Settings,
+    backed: bool,
+    block_size: int,
+    normalize: bool = False,
+    num_workers: int = 0,
+    **options: Any,
+) -> EpochFactory:
+    """Build and set up ``BaseEnhancedDataModule``; each epoch iterates ``train_dataloader()``.
+
+    With ``normalize`` every batch also goes through ``dm.on_after_batch_transfer`` on the CPU
+    and the yielded rows are the normalized dense ``x_ng``. The statistics cache points at a
+    fresh temporary folder so the fitting pass really runs (and is counted in the setup time).
+    """
+    from enhanced_dm import BaseEnhancedDataModule
+
+    cache = tempfile.mkdtemp(prefix="enhanced_dm_bench_")
+    datamodule = BaseEnhancedDataModule(
+        data=str(settings.path),
+        backed=backed,
+        block_size=block_size,
+        batch_size=settings.batch_size,
+        val_fraction=0.0,
+        num_workers=num_workers,
+        cell_type_key=settings.cell_type_key,
+        seed=settings.seed,
+        stats_cache_dir=cache,
+        progress=False,
+        **(CPU_PIPELINE if normalize else LOADER_ONLY),
+        **options,
+    )
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    epochs = 0
+
+    def epoch() -> Iterator[Minibatch]:
+        nonlocal epochs
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epochs)
+        epochs += 1
+        for batch in loader:
+            if normalize:
+                batch = datamodule.on_after_batch_transfer(batch, 0)
+                yield Minibatch(batch["x_ng"], batch["cell_type_n"].numpy())
+            else:
+                yield Minibatch(batch["counts_ng"], batch["cell_type_n"].numpy())
+
+    return epoch
+
+
+def configs(settings: Settings, num_workers: int = 0) -> list[LoaderConfig]:
+    """The enhanced-dm rows; skipped with the import error while the library is not ready."""
+    reason = import_error()
+    rows = []
+    for backed in (True, False):
+        for block_size in BLOCK_SIZES:
+            mode = "backed" if backed else "in memory"
+            rows.append(
+                LoaderConfig(
+                    f"enhanced-dm {mode} b{block_size}",
+                    "enhanced",
+                    setup=lambda b=backed, s=block_size: enhanced_loader(
+                        settings, b, s, num_workers=num_workers
+                    ),
+                    skip=reason,
+                    options={"backed": backed, "block_size": block_size, **LOADER_ONLY},
+                )
+            )
+    rows.append(
+        LoaderConfig(
+            f"enhanced-dm backed b{NORMALIZATION_BLOCK_SIZE} + CPU normalization",
+            "enhanced",
+            setup=lambda: enhanced_loader(
+                settings, True, NORMALIZATION_BLOCK_SIZE, normalize=True, num_workers=num_workers
+            ),
+            skip=reason,
+            options={"backed": True, "block_size": NORMALIZATION_BLOCK_SIZE, **CPU_PIPELINE},
+        )
+    )
+    return rows
