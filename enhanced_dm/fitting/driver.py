@@ -64,4 +64,4 @@ def load_fitted_states(
         if isinstance(transform, FittableTransform):
             if name not in states:
                 raise FittingError(f"saved statistics lack transform {name!r}")
-            transform.load_fitted(states[name])
+            transform.restore_fitted(states[name])

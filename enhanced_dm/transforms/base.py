@@ -36,8 +36,9 @@ class FittableTransform(Transform):
 
     ``fit_metric()`` returns a fresh ``torchmetrics.Metric`` whose ``update(batch)`` receives the
     batch as it reaches this transform and whose ``compute()`` returns a dict of tensors;
-    ``load_fitted(state)`` stores that dict in buffers. ``fitted_state()`` returns it again for
-    caching and checkpoints.
+    ``load_fitted(result)`` turns that result into buffers. ``fitted_state()`` /
+    ``restore_fitted(state)`` save and restore the buffers themselves (statistics cache,
+    checkpoints), so restoring never needs the metric.
     """
 
     fitted: bool = False
@@ -45,11 +46,24 @@ class FittableTransform(Transform):
     def fit_metric(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def load_fitted(self, state: Mapping[str, torch.Tensor]) -> None:  # pragma: no cover
+    def load_fitted(self, result: Mapping[str, torch.Tensor]) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def fitted_state(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        """The fitted buffers (CPU copies)."""
+        return {name: buffer.detach().cpu().clone() for name, buffer in self.named_buffers()}
+
+    def restore_fitted(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy buffers saved by :meth:`fitted_state` back (shapes must match)."""
+        buffers = dict(self.named_buffers())
+        for name, value in state.items():
+            if name not in buffers or buffers[name].shape != value.shape:
+                raise ValueError(
+                    f"{type(self).__name__}: saved statistic {name!r} does not fit "
+                    "this transform (another configuration or gene space?)"
+                )
+            buffers[name].copy_(value)
+        self.fitted = True
 
 
 class Pipeline(nn.ModuleList):

@@ -68,9 +68,6 @@ class CenterScaleTransform(FittableTransform):
         self.fitted = True
         self._warned_fallback = False
 
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {name: buffer.detach().cpu().clone() for name, buffer in self.named_buffers()}
-
     def warn_unfitted_groups(self, group_names: list[str] | None = None) -> list[int]:
         """Warn once about groups that will use the global statistics; returns their codes."""
         missing = [int(b) for b in torch.nonzero(~self.fitted_b.cpu()).flatten()]

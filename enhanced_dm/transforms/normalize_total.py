@@ -55,9 +55,6 @@ class NormalizeTotal(FittableTransform):
         self.target_sum.copy_(state["target_sum"].to(torch.float32))
         self.fitted = True
 
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {"target_sum": self.target_sum.detach().to(torch.float64).cpu()}
-
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
         return {
             self.key: F.normalize_total(batch[self.key], batch[self.total_key], self.target_sum)
