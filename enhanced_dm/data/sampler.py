@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -12,24 +13,52 @@ from enhanced_dm.errors import ConfigError
 
 __all__ = ["BlockShuffleSampler"]
 
+# What a resumed sampler must share with the one that wrote the state, and how to name it.
+_IDENTITY_NAMES = {
+    "batch_size": "batch_size",
+    "num_replicas": "world size (number of DDP processes)",
+    "seed": "seed",
+    "block_size": "block_size",
+    "shuffle_buffer": "shuffle_buffer",
+    "shuffle": "shuffle",
+    "drop_last": "drop_last",
+    "even_batches": "even_batches",
+    "n_indices": "number of cells",
+    "indices_crc32": "checksum of the cell indices",
+}
+
 
 class BlockShuffleSampler(DistributedSampler):
     """Yields lists of row indices (one list = one batch) for a DataLoader with ``batch_size=None``.
 
     Shuffling (training): the rows of ``indices`` (kept in storage order) are cut into contiguous
     blocks of ``block_size`` rows; the blocks are shuffled, ``shuffle_buffer`` consecutive blocks
-    are pooled and their rows shuffled, and each pool is cut into batches. ``block_size=1`` is a
-    full random permutation; larger blocks trade randomness for contiguous (fast) reads. The order
-    depends only on ``(seed, epoch)``.
+    are pooled and their rows shuffled. ``block_size=1`` is a full random permutation; larger
+    blocks trade randomness for contiguous (fast) reads. The epoch's order depends only on
+    ``(seed, epoch)``, so every rank computes the same order without communicating.
 
-    Sharding: batches are dealt round-robin to ``num_replicas`` ranks. With ``even_batches=True``
-    (training) every rank gets the same number of batches: the last incomplete round is dropped
-    (at most ``num_replicas - 1`` batches per epoch, different ones each epoch). With
-    ``even_batches=False`` (fitting, evaluation, predict) every row is yielded exactly once over
-    all ranks, without padding.
+    Sharding: the epoch's order is cut into ``num_replicas`` consecutive shares, one per rank, and
+    each rank cuts its share into batches (so a rank's reads stay block-contiguous).
 
-    It subclasses ``DistributedSampler`` only so Lightning does not wrap it in another one; it
-    does its own sharding. ``state_dict`` records epoch and position for exact mid-epoch resume.
+    * ``even_batches=True`` (training): every share has ``len(indices) // num_replicas`` rows, so
+      every rank yields the same number of equally sized batches and DDP collectives never wait
+      on a rank that ran out. The drop policy: the last ``len(indices) % num_replicas`` rows of
+      the epoch's order (fewer than ``num_replicas`` cells, different ones each epoch) are left
+      out; nothing is ever duplicated (no padding).
+    * ``even_batches=False`` (fitting, evaluation, predict): the shares differ by at most one row
+      and every row is yielded exactly once over all ranks, in storage order when
+      ``shuffle=False``. Ranks may then yield one batch more or less than each other.
+
+    DataLoader workers never see this sampler: with ``batch_size=None`` it runs in the main
+    process and each batch of indices is handed to one worker, so workers split a rank's share
+    without overlap by construction.
+
+    Resume: ``state_dict()`` records the epoch and ``start_batch``, the number of batches of that
+    epoch already handed out; ``load_state_dict`` makes the next iteration skip them. A
+    DataLoader with workers asks for batches ahead of the training loop (prefetching), so a
+    caller that knows how many batches were really consumed (the DataModule asks the Lightning
+    fit loop) should record that number instead. It subclasses ``DistributedSampler`` only so
+    Lightning does not wrap it in another one; it does its own sharding.
     """
 
     def __init__(
@@ -65,11 +94,17 @@ class BlockShuffleSampler(DistributedSampler):
         self.even_batches = even_batches
         self.epoch = 0
         self.start_batch = 0
+        self._position = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's permutation (Lightning calls this at each epoch start)."""
+        """Select the epoch's permutation (Lightning calls this at each epoch start).
+
+        Moving to another epoch forgets a restored mid-epoch position; setting the same epoch
+        again (Lightning does so after a resume) keeps it.
+        """
         if epoch != self.epoch:
             self.start_batch = 0
+            self._position = 0
         self.epoch = epoch
 
     def _ordered_rows(self) -> np.ndarray:
@@ -88,55 +123,74 @@ class BlockShuffleSampler(DistributedSampler):
             rng.shuffle(rows[begin : begin + pool])
         return rows
 
-    def _all_batches(self) -> list[np.ndarray]:
-        rows = self._ordered_rows()
+    def _share_bounds(self) -> tuple[int, int]:
+        """[begin, end) of this rank's share within the epoch's order."""
+        n_rows = len(self.indices)
+        if self.even_batches:
+            size = n_rows // self.num_replicas
+            return self.rank * size, (self.rank + 1) * size
+        size, extra = divmod(n_rows, self.num_replicas)
+        begin = self.rank * size + min(self.rank, extra)
+        return begin, begin + size + (self.rank < extra)
+
+    def _rank_batches(self) -> list[np.ndarray]:
+        begin, end = self._share_bounds()
+        rows = self._ordered_rows()[begin:end]
         batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         return batches
 
-    def _rank_batches(self) -> list[np.ndarray]:
-        batches = self._all_batches()
-        if self.even_batches:
-            usable = (len(batches) // self.num_replicas) * self.num_replicas
-            batches = batches[:usable]
-        return batches[self.rank :: self.num_replicas]
-
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._rank_batches()
-        start = self.start_batch
+        start, self.start_batch = self.start_batch, 0
+        self._position = start
         for position in range(start, len(batches)):
-            self.start_batch = position + 1
+            self._position = position + 1
             yield np.sort(batches[position]).tolist()
-        self.start_batch = 0
 
     def __len__(self) -> int:
-        n_batches = len(self.indices) // self.batch_size
-        if not self.drop_last and len(self.indices) % self.batch_size:
-            n_batches += 1
-        if self.even_batches:
-            return n_batches // self.num_replicas
-        return len(range(self.rank, n_batches, self.num_replicas))
+        """Batches this rank yields in a whole epoch (a resumed epoch yields fewer)."""
+        begin, end = self._share_bounds()
+        n_batches, remainder = divmod(end - begin, self.batch_size)
+        return n_batches + (1 if remainder and not self.drop_last else 0)
 
-    def _identity(self) -> dict[str, int]:
+    def _identity(self) -> dict[str, Any]:
         return {
-            "seed": self.seed,
             "batch_size": self.batch_size,
             "num_replicas": self.num_replicas,
+            "seed": self.seed,
+            "block_size": self.block_size,
+            "shuffle_buffer": self.shuffle_buffer,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "even_batches": self.even_batches,
             "n_indices": len(self.indices),
+            "indices_crc32": zlib.crc32(self.indices.tobytes()),
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Epoch and number of batches already yielded in it (for mid-epoch resume)."""
-        return {"epoch": self.epoch, "start_batch": self.start_batch, **self._identity()}
+        """Epoch, batches of it handed out so far (``start_batch``) and the configuration."""
+        return {"epoch": self.epoch, "start_batch": self._position, **self._identity()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at the saved position; refuses a state from an incompatible configuration."""
+        """Resume at the saved position; refuses a state from an incompatible configuration.
+
+        Raises :class:`~enhanced_dm.errors.ConfigError` naming the first setting that differs
+        (batch size, world size, seed, shuffle settings or the cells themselves), because any of
+        them changes which batches the resumed run would see.
+        """
         for key, value in self._identity().items():
-            if state.get(key) != value:
+            if key in state and state[key] != value:
                 raise ConfigError(
-                    f"cannot resume: the checkpoint's sampler has {key}={state.get(key)}, this "
-                    f"run has {value}; the data order would change"
+                    f"cannot resume: the checkpoint was written with {_IDENTITY_NAMES[key]} = "
+                    f"{state[key]}, this run has {value}; resuming would change the order of the "
+                    "data. Use the checkpoint's setting, or start a new run from its weights "
+                    "(e.g. LightningModule.load_from_checkpoint) instead of resuming"
                 )
-        self.epoch = state["epoch"]
-        self.start_batch = state["start_batch"]
+        start_batch = int(state["start_batch"])
+        if start_batch < 0:
+            raise ConfigError(f"cannot resume: start_batch must be >= 0, got {start_batch}")
+        self.epoch = int(state["epoch"])
+        self.start_batch = start_batch
+        self._position = start_batch

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -181,6 +184,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         self.stats_cache_path: Path | None = None
         self._pending_state: dict[str, Any] | None = None
         self._train_sampler: BlockShuffleSampler | None = None
+        self._pending_sampler_state: dict[str, Any] | None = None
         self._pipeline_device: torch.device | None = None
 
     # ------------------------------------------------------------------------------- setup
@@ -305,11 +309,11 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         return pipeline
 
     def _world(self) -> tuple[int, int]:
+        """(global rank, world size) the data loaders shard over: the attached trainer's, else
+        the initialized process group's (a script launched with torchrun), else one process."""
         if self.trainer is not None:
             return self.trainer.global_rank, self.trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return _process_group_world()
 
     def _device(self) -> torch.device:
         if self.trainer is not None:
@@ -336,20 +340,45 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         )
 
     def _fit_or_load(self) -> None:
+        """Fitted statistics from a restored state, the cache, or a fit over the train split.
+
+        Under DDP (an initialized process group: the one torchmetrics syncs over) every rank
+        fits on its own disjoint share of the train cells (``even_batches=False``: each cell once,
+        no padding) and the metrics' ``compute()`` merges the shares, so N ranks give the
+        statistics of one. Only rank 0 reads and writes the cache; its decision (and the
+        statistics it read) are broadcast, so the other ranks never read a file that is being
+        written and a node-local ``stats_cache_dir`` cannot make ranks disagree.
+        """
         assert self.pipeline is not None
+        rank, world_size = _process_group_world()
+        if world_size > 1:
+            self._check_same_data_on_all_ranks()
         if self._pending_state is not None:
-            load_fitted_states(self.pipeline, self._pending_state["fitted"])
+            self._apply_state(self._pending_state)
             return
         if not any(isinstance(t, FittableTransform) and not t.fitted for t in self.pipeline):
             return
         cache = StatsCache(self.stats_cache_dir) if self.stats_cache_dir is not None else None
         key = self.cache_key()
-        cached = cache.load(key) if cache is not None else None
+        cached = cache.load(key) if cache is not None and rank == 0 else None
+        if cached is not None and cache is not None:
+            try:
+                # Trial load into a copy, so a file that fits only partly leaves nothing behind.
+                load_fitted_states(copy.deepcopy(self.pipeline), cached)
+            except (FittingError, KeyError, RuntimeError, TypeError, ValueError) as error:
+                # A whole, checksummed file whose content does not fit this pipeline: refit.
+                warnings.warn(
+                    f"statistics cache {cache.path(key)} does not fit this pipeline ({error}); "
+                    "refitting",
+                    stacklevel=2,
+                )
+                cached = None
+        if world_size > 1:
+            cached = _broadcast_from_rank_zero(cached)
         if cached is not None:
             load_fitted_states(self.pipeline, cached)
-            self.stats_cache_path = cache.path(key) if cache else None
+            self.stats_cache_path = cache.path(key) if cache is not None else None
             return
-        rank, world_size = self._world()
         sampler = BlockShuffleSampler(
             self.split["train"],
             self.batch_size,
@@ -366,6 +395,24 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         if cache is not None and rank == 0:
             self.stats_cache_path = cache.save(key, states)
 
+    def _check_same_data_on_all_ranks(self) -> None:
+        """Every rank must have built the same gene space, category maps and split (they are
+        built deterministically from the same files); fail loudly instead of mixing codes."""
+        store = self._require_store()
+        mine = fingerprint(
+            store.var_names,
+            store.categories,
+            {name: _digest(indices) for name, indices in self.split.items()},
+        )
+        everyone: list[str | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, mine)
+        differing = [rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]]
+        if differing:
+            raise ConfigError(
+                f"ranks {differing} built another gene space, category maps or split than rank 0; "
+                "every rank must read the same data files with the same options"
+            )
+
     def _warn_groups_without_train_cells(self) -> None:
         assert self.pipeline is not None
         for transform in self.pipeline:
@@ -374,9 +421,10 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                 transform.warn_unfitted_groups(self.categories.get(name))
 
     # -------------------------------------------------------------------------- dataloaders
-    def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
+    def _sampler(self, indices: np.ndarray, shuffle: bool) -> BlockShuffleSampler:
+        """Training (``shuffle``): equal batch counts per rank. Otherwise every cell once."""
         rank, world_size = self._world()
-        sampler = BlockShuffleSampler(
+        return BlockShuffleSampler(
             indices,
             self.batch_size,
             block_size=self.block_size,
@@ -387,9 +435,19 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             rank=rank,
             even_batches=shuffle,
         )
+
+    def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
+        sampler = self._sampler(indices, shuffle)
         if shuffle:
-            if self._train_sampler is not None:
-                sampler.load_state_dict(self._train_sampler.state_dict())
+            # The epoch the fit loop runs next: a DataLoader with workers draws from the sampler
+            # as soon as it is iterated, before Lightning's set_epoch.
+            if self.trainer is not None:
+                sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+            elif self._train_sampler is not None:
+                sampler.set_epoch(self._train_sampler.epoch)
+            if self._pending_sampler_state is not None:
+                sampler.load_state_dict(self._pending_sampler_state)
+                self._pending_sampler_state = None
             self._train_sampler = sampler
         return make_dataloader(self._require_store(), sampler, self.num_workers, self.pin_memory)
 
@@ -451,12 +509,40 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             "var_names": list(self.store.var_names),
             "categories": dict(self.store.categories),
             "split": {name: torch.from_numpy(indices) for name, indices in self.split.items()},
-            "sampler": self._train_sampler.state_dict() if self._train_sampler else None,
+            "sampler": self._sampler_state(),
             "components": {c.name: c.state_dict() for c in self.components},
         }
 
+    def _sampler_state(self) -> dict[str, Any] | None:
+        """The train sampler's state, positioned where the fit loop really is.
+
+        The sampler's own count runs ahead of training when DataLoader workers prefetch, so
+        under a fitting trainer the epoch and the batches done come from the fit loop's progress
+        (what Lightning restores): a checkpoint saved after the epoch's last batch (batch end,
+        validation end or epoch end) resumes at the start of the next epoch, as Lightning does.
+        """
+        if self._train_sampler is None:
+            return self._pending_sampler_state
+        state = self._train_sampler.state_dict()
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return state
+        epoch_progress = trainer.fit_loop.epoch_progress.current
+        epoch, done = epoch_progress.processed, 0
+        if epoch_progress.started > epoch_progress.processed:  # inside an epoch
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if done >= trainer.num_training_batches:
+                epoch, done = epoch + 1, 0
+        return {**state, "epoch": epoch, "start_batch": done}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a saved state; before ``setup`` it is applied there, after it at once."""
+        """Restore a saved state; before ``setup`` it is applied there, after it at once.
+
+        Refuses (:class:`~enhanced_dm.errors.ConfigError`) a state whose gene list, batch size,
+        world size, seed or shuffle settings differ from this DataModule's: resuming would
+        silently change the data or their order. The sampler position is applied to the next
+        ``train_dataloader()``, so a mid-epoch resume yields exactly the remaining batches.
+        """
         if not state_dict:
             return
         if state_dict.get("version") != STATE_VERSION:
@@ -465,24 +551,45 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                 f"this enhanced-dm writes version {STATE_VERSION}"
             )
         self._pending_state = state_dict
-        if state_dict.get("sampler") is not None:
-            self._train_sampler = BlockShuffleSampler(
-                state_dict["split"]["train"].numpy(),
-                self.batch_size,
-                seed=self.seed,
-                num_replicas=self._world()[1],
-            )
-            self._train_sampler.load_state_dict(state_dict["sampler"])
+        self._pending_sampler_state = state_dict.get("sampler")
+        if self._pending_sampler_state is not None:
+            # Check now, so an incompatible resume fails before any training step.
+            probe = self._sampler(state_dict["split"]["train"].numpy(), shuffle=True)
+            probe.load_state_dict(self._pending_sampler_state)
         for component in self.components:
             component.load_state_dict(state_dict.get("components", {}).get(component.name, {}))
-        if self.store is None:
-            return
-        if list(state_dict["var_names"]) != list(self.store.var_names):
+        if self.store is not None:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state_dict: dict[str, Any]) -> None:
+        """Gene check, category maps, split and fitted statistics of a saved state."""
+        store = self._require_store()
+        if list(state_dict["var_names"]) != list(store.var_names):
             raise ConfigError(
                 "cannot restore: the checkpoint's gene list differs from this data's "
-                f"({len(state_dict['var_names'])} vs {self.store.n_genes} genes)"
+                f"({len(state_dict['var_names'])} vs {store.n_genes} genes); pass the same "
+                "data and genes= as the run that wrote it"
             )
-        self.store.set_categories(state_dict["categories"])
+        store.set_categories(state_dict["categories"])
         self.split = {name: indices.numpy() for name, indices in state_dict["split"].items()}
         if self.pipeline is not None:
             load_fitted_states(self.pipeline, state_dict["fitted"])
+
+
+def _process_group_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group (the group torchmetrics syncs over)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _broadcast_from_rank_zero(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (pickled; small objects such as fitted statistics)."""
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _digest(indices: np.ndarray) -> str:
+    """sha256 of an index array's int64 bytes (fast for millions of cells)."""
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
