@@ -9,11 +9,13 @@ __all__ = ["OutputStatsMetric"]
 
 
 class OutputStatsMetric(Metric):
-    """Running summary of a tensor a transform writes (rows are cells).
+    """Running summary of a tensor a transform writes (rows are cells), dense or sparse CSR.
 
     States are sums / min / max in float64, reduced across DDP ranks by torchmetrics, so
     ``compute()`` gives the global figures. Non-finite values are counted and left out of the
-    moments, so one bad value does not hide the rest.
+    moments, so one bad value does not hide the rest. The common all-finite case costs four reads
+    of the values (sum, sum of squares, non-zeros, min/max); a sparse input is summarized from
+    its stored values plus the implicit zeros.
     """
 
     full_state_update = False
@@ -26,30 +28,42 @@ class OutputStatsMetric(Metric):
         scalar = torch.zeros((), dtype=torch.float64)
         for name in ("cells", "values", "total", "total_sq", "zeros", "nonfinite", "clipped"):
             self.add_state(name, scalar.clone(), dist_reduce_fx="sum")
-        self.add_state(
-            "minimum", torch.tensor(float("inf"), dtype=torch.float64), dist_reduce_fx="min"
-        )
-        self.add_state(
-            "maximum", torch.tensor(float("-inf"), dtype=torch.float64), dist_reduce_fx="max"
-        )
+        self.add_state("minimum", torch.tensor(float("inf"), dtype=torch.float64), dist_reduce_fx="min")
+        self.add_state("maximum", torch.tensor(float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
 
     def update(self, values: torch.Tensor) -> None:
         values = values.detach()
-        finite = torch.isfinite(values)
-        clean = torch.where(finite, values, torch.zeros_like(values)).to(torch.float64)
-        n_finite = finite.sum()
+        if values.layout == torch.sparse_csr:
+            stored = values.values()
+            implicit_zeros = values.shape[0] * values.shape[1] - stored.numel()
+        else:
+            stored = values.reshape(-1)
+            implicit_zeros = 0
+        if stored.dtype not in (torch.float32, torch.float64):
+            stored = stored.to(torch.float32)
         self.cells += values.shape[0] if values.dim() else 1
-        self.values += n_finite
-        self.nonfinite += values.numel() - n_finite
-        self.total += clean.sum()
-        self.total_sq += (clean * clean).sum()
-        self.zeros += ((values == 0) & finite).sum()
+        total = stored.sum(dtype=torch.float64)
+        if not bool(torch.isfinite(total)):  # rare: drop NaN/inf before the moments
+            finite = torch.isfinite(stored)
+            self.nonfinite += stored.numel() - finite.sum()
+            stored = stored[finite]
+            total = stored.sum(dtype=torch.float64)
+        self.values += stored.numel() + implicit_zeros
+        self.total += total
+        self.total_sq += torch.dot(stored, stored).to(torch.float64)
+        self.zeros += stored.numel() - torch.count_nonzero(stored) + implicit_zeros
         if self.clip_value is not None:
-            self.clipped += (clean.abs() >= self.clip_value).sum()
-        if values.numel():
-            big = torch.tensor(float("inf"), dtype=torch.float64, device=clean.device)
-            self.minimum = torch.minimum(self.minimum, torch.where(finite, clean, big).min())
-            self.maximum = torch.maximum(self.maximum, torch.where(finite, clean, -big).max())
+            self.clipped += (stored.abs() >= self.clip_value).sum()
+        if stored.numel():
+            low, high = torch.aminmax(stored)
+            if implicit_zeros:
+                low, high = low.clamp(max=0), high.clamp(min=0)
+            self.minimum = torch.minimum(self.minimum, low.to(torch.float64))
+            self.maximum = torch.maximum(self.maximum, high.to(torch.float64))
+        elif implicit_zeros:
+            zero = torch.zeros((), dtype=torch.float64, device=self.minimum.device)
+            self.minimum = torch.minimum(self.minimum, zero)
+            self.maximum = torch.maximum(self.maximum, zero)
 
     def compute(self) -> dict[str, float]:
         count = self.values.clamp_min(1)
