@@ -1,0 +1,126 @@
+"""QuantileNormalize against scikit-learn's QuantileTransformer on real data."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import rankdata
+from sklearn.preprocessing import QuantileTransformer
+
+from enhanced_dm.errors import ConfigError, FittingError
+from enhanced_dm.transforms.quantile import QuantileNormalize
+from tests.transforms.gene_normalization_helpers import (
+    WU2020,
+    fit_and_apply,
+    log_normalized,
+    most_detected_genes,
+    obs_codes,
+    per_group,
+)
+
+
+def sklearn_quantile(x: np.ndarray, output_distribution: str = "normal") -> np.ndarray:
+    transformer = QuantileTransformer(n_quantiles=1000, output_distribution=output_distribution)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # n_quantiles > n_samples: sklearn lowers it
+        return transformer.fit_transform(x)
+
+
+def untied(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Entries whose value occurs once in its gene (within its group).
+
+    sklearn breaks ties by float noise (a quantile lerped with weight 1e-16 lands a hair above
+    the tied value), so tied entries may sit at either end of their tie; we give the middle.
+    """
+    mask = np.zeros(x.shape, dtype=bool)
+    for code in np.unique(codes):
+        rows = np.nonzero(codes == code)[0]
+        block = x[rows]
+        order = np.argsort(block, axis=0, kind="stable")
+        sorted_block = np.take_along_axis(block, order, axis=0)
+        same_prev = np.vstack(
+            [np.zeros((1, x.shape[1]), bool), sorted_block[1:] == sorted_block[:-1]]
+        )
+        same_next = np.vstack(
+            [sorted_block[1:] == sorted_block[:-1], np.zeros((1, x.shape[1]), bool)]
+        )
+        unique_sorted = ~(same_prev | same_next)
+        unique_block = np.zeros_like(unique_sorted)
+        np.put_along_axis(unique_block, order, unique_sorted, axis=0)
+        mask[rows] = unique_block
+    return mask
+
+
+@pytest.fixture(scope="module")
+def x_subset() -> np.ndarray:
+    x = log_normalized()
+    return x[:, most_detected_genes(x, 2000)]
+
+
+@pytest.mark.parametrize("output_distribution", ["normal", "uniform"])
+def test_quantile_matches_sklearn_quantile_transformer(
+    x_subset: np.ndarray, output_distribution: str
+) -> None:
+    x = x_subset
+    transform = QuantileNormalize(x.shape[1], output_distribution=output_distribution)
+    y = fit_and_apply(transform, {"x_ng": x})
+    expected = sklearn_quantile(x, output_distribution)
+    mask = untied(x, np.zeros(len(x), dtype=np.int64))
+    assert mask.sum() > 100_000
+    assert np.abs(y - expected)[mask].max() <= 1e-3
+    assert np.abs(y - expected).max() <= 0.1  # ties: the middle of the tie instead of an end
+
+
+def test_quantile_is_monotone_per_gene(x_subset: np.ndarray) -> None:
+    x = x_subset
+    y = fit_and_apply(QuantileNormalize(x.shape[1]), {"x_ng": x})
+    distinct = np.array([len(np.unique(column)) for column in x.T])
+    genes = np.nonzero(distinct > 10)[0]
+    assert len(genes) > 500
+    rank_x, rank_y = rankdata(x[:, genes], axis=0), rankdata(y[:, genes], axis=0)
+    rank_x -= rank_x.mean(axis=0)
+    rank_y -= rank_y.mean(axis=0)
+    spearman = (rank_x * rank_y).sum(0) / np.sqrt((rank_x**2).sum(0) * (rank_y**2).sum(0))
+    np.testing.assert_allclose(spearman, 1.0, rtol=0, atol=1e-12)
+
+
+def test_quantile_per_batch_matches_sklearn_batch_by_batch(x_subset: np.ndarray) -> None:
+    x, codes = x_subset[:, :300], obs_codes(WU2020, "batch")  # sklearn loops over genes x groups
+    transform = QuantileNormalize(x.shape[1], int(codes.max()) + 1, "batch_n")
+    y = fit_and_apply(transform, {"x_ng": x, "batch_n": codes})
+    expected = per_group(sklearn_quantile, x, codes)
+    assert np.abs(y - expected)[untied(x, codes)].max() <= 1e-3
+
+
+def test_quantile_unfitted_group_uses_global_quantiles(x_subset: np.ndarray) -> None:
+    x = x_subset[:, :50]
+    codes = np.where(np.arange(len(x)) % 2 == 0, 0, 1)
+    transform = QuantileNormalize(x.shape[1], 3, "batch_n")
+    fit_and_apply(transform, {"x_ng": x, "batch_n": codes})
+    assert transform.fitted_b.tolist() == [True, True, False]
+    batch = {"x_ng": torch.from_numpy(x[:5]), "batch_n": torch.tensor([2, -1, 2, 2, -1])}
+    global_only = QuantileNormalize(x.shape[1])
+    fit_and_apply(global_only, {"x_ng": x})
+    torch.testing.assert_close(transform(batch)["x_ng"], global_only(batch)["x_ng"])
+
+
+def test_quantile_state_round_trip_and_options(x_subset: np.ndarray) -> None:
+    x = x_subset[:, :100]
+    transform = QuantileNormalize(x.shape[1], n_quantiles=50)
+    fit_and_apply(transform, {"x_ng": x})
+    assert transform.quantiles_gq.shape == (100, 50)
+    restored = QuantileNormalize(x.shape[1], n_quantiles=50)
+    restored.load_fitted(transform.fitted_state())
+    batch = {"x_ng": torch.from_numpy(x)}
+    torch.testing.assert_close(restored(batch)["x_ng"], transform(batch)["x_ng"])
+    assert transform.config()["n_quantiles"] == 50
+    assert repr(transform) == (
+        "QuantileNormalize(n_genes=100, n_quantiles=50, output_distribution='normal')"
+    )
+    with pytest.raises(ConfigError, match="output_distribution"):
+        QuantileNormalize(3, output_distribution="laplace")
+    with pytest.raises(FittingError, match="before its quantiles were fitted"):
+        QuantileNormalize(3)({"x_ng": torch.zeros(2, 3)})
