@@ -5,6 +5,9 @@ from enhanced_dm.transforms.center_scale import CenterScaleTransform
 from enhanced_dm.transforms.densify import Densify
 from enhanced_dm.transforms.log1p import Log1p
 from enhanced_dm.transforms.normalize_total import NormalizeTotal
+from enhanced_dm.transforms.pearson import PearsonResiduals
+from enhanced_dm.transforms.quantile import QuantileNormalize
+from enhanced_dm.transforms.robust import RobustScale
 from enhanced_dm.transforms.z_score import ZScore
 
 __all__ = [
@@ -13,7 +16,10 @@ __all__ = [
     "FittableTransform",
     "Log1p",
     "NormalizeTotal",
+    "PearsonResiduals",
     "Pipeline",
+    "QuantileNormalize",
+    "RobustScale",
     "Transform",
     "ZScore",
 ]
