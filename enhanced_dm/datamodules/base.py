@@ -24,7 +24,7 @@ from enhanced_dm.fitting.driver import fit_pipeline, fitted_states, load_fitted_
 from enhanced_dm.monitors.pipeline_monitor import NanPolicy, PipelineMonitor
 from enhanced_dm.transforms.base import FittableTransform, Pipeline
 from enhanced_dm.transforms.center_scale import CenterScaleTransform
-from enhanced_dm.transforms.densify import Densify
+from enhanced_dm.transforms.densify import Densify, DensifyExpression
 from enhanced_dm.transforms.log1p import Log1p
 from enhanced_dm.transforms.normalize_total import NormalizeTotal
 from enhanced_dm.transforms.registry import GENE_NORMALIZATIONS, build_gene_normalization
@@ -63,7 +63,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
     """Single-cell minibatches from h5ad files with normalization fitted once on the train split.
 
     ``setup()`` opens the data (:class:`~enhanced_dm.data.CellStore`), splits the cells (seeded, or
-    from ``split_key``), builds the pipeline (densify -> total-count -> log1p -> gene-wise ->
+    from ``split_key``), builds the pipeline (densify -> total-count -> log1p (on the stored values) -> dense x_ng -> gene-wise ->
     component transforms) and fits it by streaming passes over the train split, or loads the
     statistics from ``stats_cache_dir`` / a checkpoint. Batches travel as CSR and are normalized on
     the device in :meth:`on_after_batch_transfer`; ``model.training_step`` receives ``x_ng``,
@@ -291,6 +291,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             pipeline.add("normalize_total", NormalizeTotal(self.target_sum))
             if self.log1p:
                 pipeline.add("log1p", Log1p())
+        pipeline.add("densify_x", DensifyExpression())
         if self.per_gene_normalization and self.normalization_type != "none":
             group_key, n_groups = self._group_key()
             pipeline.add(

@@ -2,7 +2,7 @@
 
 from enhanced_dm.transforms.base import FittableTransform, Pipeline, Transform
 from enhanced_dm.transforms.center_scale import CenterScaleTransform
-from enhanced_dm.transforms.densify import Densify
+from enhanced_dm.transforms.densify import Densify, DensifyExpression
 from enhanced_dm.transforms.log1p import Log1p
 from enhanced_dm.transforms.normalize_total import NormalizeTotal
 from enhanced_dm.transforms.pearson import PearsonResiduals
@@ -13,6 +13,7 @@ from enhanced_dm.transforms.z_score import ZScore
 __all__ = [
     "CenterScaleTransform",
     "Densify",
+    "DensifyExpression",
     "FittableTransform",
     "Log1p",
     "NormalizeTotal",

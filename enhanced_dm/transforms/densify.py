@@ -9,18 +9,34 @@ import torch
 from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms.base import Batch, Transform
 
-__all__ = ["Densify"]
+__all__ = ["Densify", "DensifyExpression"]
 
 
 class Densify(Transform):
-    """Turn ``counts_ng`` (CSR on the way) into a dense tensor and set ``x_ng = float32(counts)``.
+    """Make ``counts_ng`` (CSR on the way) dense and start ``x_ng`` as float32 counts.
 
-    Counts keep their integer dtype, so mixed precision never casts them.
+    Counts keep their integer dtype, so mixed precision never casts them. ``x_ng`` stays sparse
+    CSR while the per-cell steps (total count, log1p) work on stored values only;
+    :class:`DensifyExpression` makes it dense before the gene-wise steps.
     """
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
-        counts_ng = F.densify(batch["counts_ng"])
-        return {"counts_ng": counts_ng, "x_ng": counts_ng.to(torch.float32)}
+        counts = batch["counts_ng"]
+        if counts.layout == torch.sparse_csr:
+            x_ng = F.map_stored_values(counts, counts.values().to(torch.float32))
+        else:
+            x_ng = counts.to(torch.float32)
+        return {"counts_ng": F.densify(counts), "x_ng": x_ng}
 
     def __repr__(self) -> str:
         return "Densify()"
+
+
+class DensifyExpression(Transform):
+    """Make ``x_ng`` dense (after the per-cell steps, before gene-wise ones and the model)."""
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+        return {"x_ng": F.densify(batch["x_ng"])}
+
+    def __repr__(self) -> str:
+        return "DensifyExpression()"

@@ -13,18 +13,33 @@ __all__ = [
     "densify",
     "gather_group_rows",
     "log1p",
+    "map_stored_values",
     "normalize_total",
     "standardize",
 ]
 
 
-def densify(counts_ng: torch.Tensor) -> torch.Tensor:
-    """Dense copy of a (possibly sparse CSR) count matrix, keeping its dtype."""
-    if counts_ng.layout == torch.sparse_csr:
-        return counts_ng.to_dense()
-    if counts_ng.layout != torch.strided:
-        return counts_ng.to_dense()
-    return counts_ng
+def densify(x_ng: torch.Tensor) -> torch.Tensor:
+    """Dense form of a (possibly sparse) matrix, keeping its dtype; dense input is returned as is."""
+    return x_ng if x_ng.layout == torch.strided else x_ng.to_dense()
+
+
+def map_stored_values(x_ng: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A sparse CSR matrix with the sparsity pattern of ``x_ng`` and new stored ``values``.
+
+    Per-cell steps that map zero to zero (scaling, log1p) run on the stored values only: about a
+    tenth of the work of the dense matrix for single-cell data.
+    """
+    return torch.sparse_csr_tensor(
+        x_ng.crow_indices(), x_ng.col_indices(), values, size=x_ng.shape, check_invariants=False
+    )
+
+
+def _rows_of_stored_values(x_ng: torch.Tensor) -> torch.Tensor:
+    """Row index of every stored value of a CSR matrix (no host sync: the size is known)."""
+    crow = x_ng.crow_indices()
+    rows = torch.arange(x_ng.shape[0], device=crow.device)
+    return torch.repeat_interleave(rows, crow.diff(), output_size=x_ng.values().numel())
 
 
 def normalize_total(
@@ -37,15 +52,23 @@ def normalize_total(
     Matches ``scanpy.pp.normalize_total``: cells with zero total stay zero (never NaN). ``t_c`` is
     the cell's library size (``total_counts_n``), so a gene subset keeps the whole-file scale.
     """
-    total = total_counts_n.to(torch.float32).unsqueeze(-1)
-    scale = torch.where(
+    total = total_counts_n.to(torch.float32)
+    scale_n = torch.where(
         total > 0, target_sum / total.clamp_min(torch.finfo(torch.float32).tiny), 0.0
     )
-    return x_ng.to(torch.float32) * scale
+    if x_ng.layout == torch.sparse_csr:
+        values = x_ng.values().to(torch.float32) * scale_n[_rows_of_stored_values(x_ng)]
+        return map_stored_values(x_ng, values)
+    return x_ng.to(torch.float32) * scale_n.unsqueeze(-1)
 
 
 def log1p(x_ng: torch.Tensor) -> torch.Tensor:
-    r"""Natural log of one plus the value: :math:`y = \ln(1 + x)` (``scanpy.pp.log1p``, base e)."""
+    r"""Natural log of one plus the value: :math:`y = \ln(1 + x)` (``scanpy.pp.log1p``, base e).
+
+    Sparse input stays sparse (log1p maps 0 to 0).
+    """
+    if x_ng.layout == torch.sparse_csr:
+        return map_stored_values(x_ng, torch.log1p(x_ng.values().to(torch.float32)))
     return torch.log1p(x_ng.to(torch.float32))
 
 
