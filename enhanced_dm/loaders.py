@@ -128,3 +128,17 @@ def _config_value(cfg: Any, key: str) -> Any:
     if isinstance(cfg, dict):
         return cfg.get(key)
     return getattr(cfg, key, None)
+
+
+# Loaders of the biological DataModules follow; each imports its DataModule next to it.
+from enhanced_dm.datamodules.hierarchical import HierarchicalDataModule  # noqa: E402
+
+__all__ += ["HierarchicalDataLoader"]
+
+
+class HierarchicalDataLoader(EnhancedCollateLoader):
+    """Collate-style twin of :class:`~enhanced_dm.datamodules.hierarchical.HierarchicalDataModule`
+    (``num_pathways``, ``num_compartments``, ``pathway_annotation_file``, ... as there);
+    ``get_pathway_stats()`` and ``get_compartment_stats()`` delegate to it."""
+
+    datamodule_class = HierarchicalDataModule

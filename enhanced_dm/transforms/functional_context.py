@@ -1,0 +1,78 @@
+"""Pure kernels of the biological-context transforms: gene-set sums and means, fractions, CLR.
+
+Like :mod:`enhanced_dm.transforms.functional`: no state, inputs never mutated, the device of the
+inputs, float32 arithmetic. A gene-set membership travels as two aligned index vectors (one entry
+per (set, gene) pair, ``set_index_e`` and ``gene_index_e``), dense int64 tensors that ``.to(device)``,
+``deepcopy`` and checkpoints handle; the sparse matrix is built per call (no copy, no check).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["centred_log_ratio", "gene_set_means", "gene_set_sums", "safe_fraction"]
+
+
+def gene_set_sums(
+    x_ng: torch.Tensor, set_index_e: torch.Tensor, gene_index_e: torch.Tensor, n_sets: int
+) -> torch.Tensor:
+    r"""Sum of each cell's values over the genes of each set.
+
+    .. math:: s_{cp} = \sum_{g \in P_p} x_{cg}
+
+    ``x_ng @ M_gp`` for the 0/1 membership ``M`` (``adata.X @ membership.T`` in numpy), computed as
+    one sparse-dense product so that memory stays ``O(n·p + edges)``. The (set, gene) pairs must be
+    unique and sorted by set, then gene (CSR order), as the components build them.
+    """
+    x_ng = x_ng.to(torch.float32)
+    membership_pg = torch.sparse_coo_tensor(
+        torch.stack([set_index_e, gene_index_e]),
+        torch.ones(set_index_e.shape[0], dtype=torch.float32, device=x_ng.device),
+        (n_sets, x_ng.shape[1]),
+        is_coalesced=True,
+        check_invariants=False,
+    )
+    return torch.sparse.mm(membership_pg, x_ng.t()).t().contiguous()
+
+
+def gene_set_means(
+    x_ng: torch.Tensor,
+    set_index_e: torch.Tensor,
+    gene_index_e: torch.Tensor,
+    set_size_p: torch.Tensor,
+) -> torch.Tensor:
+    r"""Mean of each cell's values over the genes of each set.
+
+    .. math:: m_{cp} = \frac{1}{|P_p|} \sum_{g \in P_p} x_{cg}
+
+    ``adata[:, genes_of_p].X.mean(axis=1)`` for every set ``p``. Sets must be non-empty: the
+    transforms check that once at construction (the components drop empty sets at setup), so no
+    batch pays a device synchronization for it.
+    """
+    sums_np = gene_set_sums(x_ng, set_index_e, gene_index_e, set_size_p.shape[0])
+    return sums_np / set_size_p.to(sums_np)
+
+
+def safe_fraction(amount_nk: torch.Tensor, total_n: torch.Tensor) -> torch.Tensor:
+    r"""Each amount divided by the cell's total; 0 (never NaN) for a cell whose total is 0.
+
+    .. math:: f_{ck} = a_{ck} / t_c \quad (t_c > 0), \qquad f_{ck} = 0 \quad (t_c = 0)
+    """
+    total_n1 = total_n.to(torch.float32).unsqueeze(-1)
+    safe_total = torch.where(total_n1 > 0, total_n1, torch.ones_like(total_n1))
+    return torch.where(total_n1 > 0, amount_nk.to(torch.float32) / safe_total, 0.0)
+
+
+def centred_log_ratio(amount_nk: torch.Tensor, pseudocount: float) -> torch.Tensor:
+    r"""Centred log-ratio of non-negative parts, with a pseudocount added to each part.
+
+    .. math:: y_{ck} = \ln(a_{ck} + c) - \frac{1}{K} \sum_{j=1}^{K} \ln(a_{cj} + c)
+
+    ``skbio.stats.composition.clr(a + c)``. It depends only on the ratios of the parts, so the
+    same result follows from counts or from fractions when ``c`` is scaled alike; a cell whose parts
+    are all equal (all zero included) gets 0 everywhere, never NaN. ``c`` must be positive.
+    """
+    if not pseudocount > 0:
+        raise ValueError(f"pseudocount must be positive, got {pseudocount!r}")
+    log_nk = torch.log(amount_nk.to(torch.float32) + pseudocount)
+    return log_nk - log_nk.mean(dim=-1, keepdim=True)
