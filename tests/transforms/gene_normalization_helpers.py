@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from functools import cache
 
@@ -36,7 +37,9 @@ def counts(relative: str = WU2020) -> np.ndarray:
 def log_normalized(relative: str = WU2020) -> np.ndarray:
     """scanpy ``normalize_total(target_sum=1e4)`` then ``log1p``, as float32."""
     adata = _read(relative).copy()
-    sc.pp.normalize_total(adata, target_sum=1e4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Some cells have zero counts": they stay 0
+        sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     return dense(adata.X).astype(np.float32)
 
