@@ -6,6 +6,7 @@ Also home of what every gene-set component shares (:class:`GeneSetSelection`,
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from enhanced_dm.data.store import CellStore
 
 __all__ = [
+    "GeneSetAUCell",
     "GeneSetComponent",
     "GeneSetMean",
     "GeneSetSelection",
@@ -40,8 +42,8 @@ __all__ = [
     "resolve_annotation_path",
 ]
 
-PathwayScore = Literal["mean_z", "mean"]
-PATHWAY_SCORES: tuple[str, ...] = ("mean_z", "mean")
+PathwayScore = Literal["mean_z", "mean", "aucell"]
+PATHWAY_SCORES: tuple[str, ...] = ("mean_z", "mean", "aucell")
 KEPT = "kept"
 EMPTY = "empty_after_matching"
 
@@ -342,6 +344,41 @@ class GeneSetMean(GeneSetTransform):
         }
 
 
+class GeneSetAUCell(GeneSetTransform):
+    r"""Per cell, the AUCell score of each set over the cell's ``n_up`` highest genes.
+
+    .. math:: a_{cp} = \frac{1}{A^{\max}_p} \sum_{g \in P_p} \max(u - r_{cg}, 0)
+
+    See :func:`~enhanced_dm.transforms.functional_context.aucell` (``decoupler``'s AUCell, ties
+    by gene order). It reads the raw ``counts_ng``: ranks within a cell are the same for counts
+    and for their total-count + log1p normalization, and a gene-wise z-score would change them.
+    """
+
+    max_auc_p: torch.Tensor
+
+    def __init__(
+        self,
+        selection: GeneSetSelection,
+        n_up: int,
+        key: str = "counts_ng",
+        output_key: str = "pathway_scores_np",
+    ) -> None:
+        super().__init__(selection, key, output_key)
+        if not 2 <= n_up <= selection.n_genes:
+            raise ConfigError(
+                f"AUCell needs 2 <= n_up <= {selection.n_genes} (the data's genes), got {n_up}"
+            )
+        self.n_up = n_up
+        self.register_buffer("max_auc_p", F.aucell_max_auc(self.set_size_p, n_up))
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+        return {
+            self.output_key: F.aucell(
+                batch[self.key], self.set_index_e, self.gene_index_e, self.max_auc_p, self.n_up
+            )
+        }
+
+
 class GeneSetComponent(Component):
     """What pathway and compartment components share: select once, restore from a checkpoint.
 
@@ -457,7 +494,9 @@ class PathwayComponent(GeneSetComponent):
     **Scores** (``pathway_scores_np``): ``"mean_z"`` is the mean of the normalized expression
     ``x_ng`` (as the base pipeline leaves it) over each pathway's genes, then standardized per
     pathway with the train split's mean and std (ddof=1, :class:`~enhanced_dm.transforms.ZScore`);
-    ``"mean"`` stops after the mean.
+    ``"mean"`` stops after the mean; ``"aucell"`` is the AUCell score (decoupler's, in [0, 1], not
+    standardized) of the raw counts' within-cell ranks over the top ``ceil(aucell_top_fraction *
+    n_genes)`` genes (:class:`GeneSetAUCell`).
     """
 
     name = "pathway"
@@ -470,6 +509,7 @@ class PathwayComponent(GeneSetComponent):
         "max_pathway_size",
         "pathway_score",
         "gene_symbol_key",
+        "aucell_top_fraction",
     )
 
     def __init__(
@@ -480,8 +520,11 @@ class PathwayComponent(GeneSetComponent):
         max_pathway_size: int = 500,
         pathway_score: PathwayScore = "mean_z",
         gene_symbol_key: str | None = None,
+        aucell_top_fraction: float = 0.05,
     ) -> None:
         super().__init__()
+        if not 0 < aucell_top_fraction <= 1:
+            raise ConfigError(f"aucell_top_fraction must be in (0, 1], got {aucell_top_fraction!r}")
         if pathway_score not in PATHWAY_SCORES:
             raise ConfigError(
                 f"pathway_score must be one of {list(PATHWAY_SCORES)}, got {pathway_score!r}"
@@ -499,6 +542,7 @@ class PathwayComponent(GeneSetComponent):
         self.max_pathway_size = max_pathway_size
         self.pathway_score = pathway_score
         self.gene_symbol_key = gene_symbol_key
+        self.aucell_top_fraction = aucell_top_fraction
 
     def select(self, store: CellStore) -> GeneSetSelection:
         path = resolve_annotation_path(self.pathway_annotation_file)
@@ -532,6 +576,9 @@ class PathwayComponent(GeneSetComponent):
         return selection
 
     def build_transforms(self, selection: GeneSetSelection) -> list[tuple[str, Transform]]:
+        if self.pathway_score == "aucell":
+            n_up = math.ceil(self.aucell_top_fraction * selection.n_genes)
+            return [("pathway_scores", GeneSetAUCell(selection, n_up))]
         steps: list[tuple[str, Transform]] = [("pathway_scores", GeneSetMean(selection))]
         if self.pathway_score == "mean_z":
             steps.append(("pathway_zscore", ZScore(selection.n_sets, key="pathway_scores_np")))
@@ -539,9 +586,6 @@ class PathwayComponent(GeneSetComponent):
 
     def output_steps(self) -> dict[str, str]:
         """Label -> pipeline step whose output the monitors summarize (for the stats report)."""
-        steps = {"scores_before_standardization": "pathway_scores"}
-        if self.pathway_score == "mean_z":
-            steps["scores"] = "pathway_zscore"
-        else:
-            steps["scores"] = "pathway_scores"
-        return steps
+        if self.pathway_score != "mean_z":
+            return {"scores": "pathway_scores"}
+        return {"scores": "pathway_zscore", "scores_before_standardization": "pathway_scores"}

@@ -32,7 +32,7 @@ class HierarchicalDataModule(BaseEnhancedDataModule):
     """Base DataModule plus a :class:`PathwayComponent` and a :class:`CompartmentComponent`.
 
     Batches carry, besides the base keys, ``pathway_scores_np`` (mean normalized expression per
-    pathway, standardized with train statistics), ``compartment_fraction_nk`` (fraction of each
+    pathway, standardized with train statistics; or AUCell scores with ``pathway_score="aucell"``), ``compartment_fraction_nk`` (fraction of each
     cell's counts per compartment) and ``compartment_x_nk`` (their centred log-ratio, z-scored);
     see the components for the exact formulas and selection rules. Annotation files may be paths or
     the names of bundled files; ``None`` selects the bundled defaults
@@ -58,6 +58,7 @@ class HierarchicalDataModule(BaseEnhancedDataModule):
         max_pathway_size: int = 500,
         pathway_score: PathwayScore = "mean_z",
         gene_symbol_key: str | None = None,
+        aucell_top_fraction: float = 0.05,
         compartment_fraction_denominator: Denominator = "data_genes",
         compartment_pseudocount: float = 1.0,
         compartment_non_iea_only: bool = False,
@@ -71,6 +72,7 @@ class HierarchicalDataModule(BaseEnhancedDataModule):
             max_pathway_size=max_pathway_size,
             pathway_score=pathway_score,
             gene_symbol_key=gene_symbol_key,
+            aucell_top_fraction=aucell_top_fraction,
         )
         compartments = CompartmentComponent(
             _fspath(compartment_annotation_file, DEFAULT_COMPARTMENT_ANNOTATION_FILE),

@@ -82,3 +82,22 @@ def all_outputs(dm: BaseEnhancedDataModule, keys: Sequence[str]) -> dict[str, np
     result = {key: np.concatenate(values) for key, values in parts.items()}
     assert result["cell_index_n"].tolist() == list(range(len(result["cell_index_n"])))
     return result
+
+
+def decoupler_aucell(x_ng: np.ndarray, sets_pg: np.ndarray, n_up: int) -> np.ndarray:
+    """decoupler 1.x ``nb_aucell`` line by line (recovery-curve area / its maximum), with ties
+    ranked by gene order (``kind="stable"``) instead of decoupler's unspecified order."""
+    scores = np.zeros((x_ng.shape[0], sets_pg.shape[0]))
+    for cell, row in enumerate(x_ng):
+        rank = np.argsort(np.argsort(-row, kind="stable"), kind="stable") + 1
+        for p, members in enumerate(sets_pg):
+            fset = np.flatnonzero(members)
+            x_th = np.arange(1, fset.shape[0] + 1)
+            x_th = x_th[x_th < n_up]
+            max_auc = np.sum(np.diff(np.append(x_th, n_up)) * x_th)
+            x = rank[fset]
+            x = np.sort(x[x < n_up])
+            y = np.arange(x.shape[0]) + 1
+            x = np.append(x, n_up)
+            scores[cell, p] = np.sum(np.diff(x) * y) / max_auc
+    return scores

@@ -11,10 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from enhanced_dm.components.pathways import GeneSetMean, GeneSetSelection, PathwayComponent
+from enhanced_dm.components.pathways import (
+    GeneSetAUCell,
+    GeneSetMean,
+    GeneSetSelection,
+    PathwayComponent,
+)
 from enhanced_dm.data.store import CellStore
 from enhanced_dm.datasets import bundled_path
 from enhanced_dm.errors import ConfigError, DataFileError
+from enhanced_dm.transforms import functional_context as F
 from tests.components.reference import PBMC, gmt_sets, membership
 from tests.helpers import shared_data
 
@@ -126,10 +132,11 @@ def test_no_pathway_left_is_an_error_naming_the_reasons(tricky_gmt, pbmc_store) 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"pathway_score": "aucell"}, "pathway_score must be one of"),
+        ({"pathway_score": "gsva"}, "pathway_score must be one of"),
         ({"num_pathways": 0}, "num_pathways must be at least 1"),
         ({"min_pathway_size": 0}, "need 1 <= min_pathway_size"),
         ({"min_pathway_size": 20, "max_pathway_size": 10}, "need 1 <= min_pathway_size"),
+        ({"aucell_top_fraction": 0.0}, "aucell_top_fraction must be in"),
     ],
 )
 def test_invalid_options_are_refused(options, message) -> None:
@@ -259,3 +266,13 @@ def test_selection_table_lists_every_set_of_the_file(pbmc_store) -> None:
     assert isinstance(
         GeneSetSelection.from_state(component.state_dict()["selection"]), GeneSetSelection
     )
+
+
+def test_ranks_break_ties_by_gene_order_and_aucell_needs_two_ranks(tricky_gmt, pbmc_store) -> None:
+    x_ng = torch.tensor([[0, 3, 3, 1], [5, 0, 0, 0]], dtype=torch.int32)
+    assert F.descending_ranks(x_ng).tolist() == [[4, 1, 2, 3], [1, 2, 3, 4]]
+    assert F.aucell_max_auc(torch.tensor([1, 2, 10]), 4).tolist() == [3.0, 5.0, 6.0]
+    component = tricky_component(tricky_gmt, num_pathways=2)
+    component.setup(pbmc_store)
+    with pytest.raises(ConfigError, match="AUCell needs 2 <= n_up <= 765"):
+        GeneSetAUCell(component.require_selection(), n_up=1)

@@ -20,6 +20,7 @@ from enhanced_dm.loaders import HierarchicalDataLoader
 from tests.components.reference import (
     PBMC,
     all_outputs,
+    decoupler_aucell,
     gmt_sets,
     membership,
     normalized_pbmc,
@@ -87,6 +88,23 @@ def test_mean_score_is_the_plain_pathway_mean() -> None:
     expected = np.stack([out["x_ng"][:, row].mean(axis=1) for row in kept], axis=1)
     np.testing.assert_allclose(out["pathway_scores_np"], expected, atol=1e-6)
     assert "pathway_zscore" not in dm.pipeline.names
+
+
+def test_aucell_score_equals_the_decoupler_recipe() -> None:
+    dm = make_dm(pathway_score="aucell", num_pathways=12, num_compartments=2)
+    dm.setup("fit")
+    assert "pathway_zscore" not in dm.pipeline.names  # AUCell scores are not standardized
+    out = dm.on_after_batch_transfer(dm.store.read(np.arange(60)), 0)
+    counts = out["counts_ng"].numpy()
+    n_up = int(np.ceil(0.05 * dm.n_genes))
+    expected = decoupler_aucell(counts, dm.pathway_mask_pg.numpy(), n_up)
+    np.testing.assert_allclose(out["pathway_scores_np"].numpy(), expected, atol=1e-6)
+    assert expected.min() >= 0 and expected.max() <= 1 and expected.max() > 0
+    # Ranks within a cell: the log-normalized expression gives the same scores as the counts.
+    log_normalized = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(
+        decoupler_aucell(log_normalized, dm.pathway_mask_pg.numpy(), n_up), expected
+    )
 
 
 def test_compartment_outputs_equal_numpy_reference() -> None:
@@ -246,3 +264,17 @@ def test_hydra_config_builds_it_with_the_bundled_files() -> None:
     assert dm.pathways.pathway_annotation_file == "go_bp_pbmc68k_subset.gmt"
     assert dm.compartments.compartment_annotation_file == "go_cc_compartments_human.gmt"
     assert dm.cell_type_key == "cell_type"  # the data config still applies
+
+
+def test_stats_cache_key_follows_the_pathway_selection(tmp_path, monkeypatch) -> None:
+    first = make_dm(num_pathways=10, stats_cache_dir=tmp_path)
+    first.setup("fit")
+    monkeypatch.setattr(
+        "enhanced_dm.datamodules.base.fit_pipeline",
+        lambda *a, **k: pytest.fail("refitted instead of reading the cache"),
+    )
+    second = make_dm(num_pathways=10, stats_cache_dir=tmp_path)
+    second.setup("fit")
+    assert second.stats_cache_path == first.stats_cache_path
+    with pytest.raises(pytest.fail.Exception, match="refitted"):
+        make_dm(num_pathways=11, stats_cache_dir=tmp_path).setup("fit")
