@@ -11,6 +11,8 @@ import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
 import torch
+from scanpy.experimental.pp import normalize_pearson_residuals
+from sklearn.preprocessing import QuantileTransformer
 
 from enhanced_dm.transforms.base import FittableTransform
 from tests.helpers import shared_data
@@ -89,3 +91,85 @@ def per_group(reference, matrix: np.ndarray, codes: np.ndarray) -> np.ndarray:  
         rows = codes == code
         result[rows] = reference(matrix[rows])
     return result
+
+
+# ----------------------------------------------------------------- references (oracles)
+def center_and_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """median and 1.4826 MAD (MAD 0 -> 1.2533 mean AD, 0 -> 1) per column, in float64."""
+    x = x.astype(np.float64)
+    median = np.median(x, axis=0)
+    deviation = np.abs(x - median)
+    mad, mean_ad = np.median(deviation, axis=0), deviation.mean(axis=0)
+    return median, np.where(mad > 0, 1.4826 * mad, np.where(mean_ad > 0, 1.2533 * mean_ad, 1.0))
+
+
+def robust_reference(x: np.ndarray) -> np.ndarray:
+    median, scale = center_and_scale(x)
+    return (x.astype(np.float64) - median) / scale
+
+
+def assert_robust_close(actual: np.ndarray, x: np.ndarray, codes: np.ndarray | None = None) -> None:
+    """Within 1e-5 (max abs) of the float64 reference, except where float32 cannot resolve it.
+
+    The input and the fitted median are float32 (and the DataModule's total-count step rounds
+    differently from scanpy's by an ulp or two); each rounding (``eps * |x|``) is divided by the
+    scale, which is ~0.005 for rare genes, so there the float64 reference can be further than
+    1e-5 away. Those entries get eight float32 roundings of ``(|x| + |median|) / scale``; entries
+    with a scale above 0.05 must be within 1e-5.
+    """
+    codes = np.zeros(len(x), dtype=np.int64) if codes is None else codes
+    expected = per_group(robust_reference, x, codes)
+    center = per_group(lambda m: np.broadcast_to(center_and_scale(m)[0], m.shape), x, codes)
+    scale = per_group(lambda m: np.broadcast_to(center_and_scale(m)[1], m.shape), x, codes)
+    eps = float(np.finfo(np.float32).eps)
+    tolerance = 1e-5 + 8 * eps * (np.abs(x) + np.abs(center)) / scale
+    error = np.abs(actual - expected)
+    assert np.all(error <= tolerance), float((error - tolerance).max())
+    assert error[scale > 0.05].max() <= 1e-5
+
+
+def sklearn_quantile(x: np.ndarray, output_distribution: str = "normal") -> np.ndarray:
+    transformer = QuantileTransformer(n_quantiles=1000, output_distribution=output_distribution)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # n_quantiles > n_samples: sklearn lowers it
+        return transformer.fit_transform(x)
+
+
+def untied(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Entries whose value occurs once in its gene (within its group).
+
+    sklearn breaks ties by float noise (a quantile lerped with weight 1e-16 lands a hair above
+    the tied value), so tied entries may sit at either end of their tie; we give the middle.
+    """
+    mask = np.zeros(x.shape, dtype=bool)
+    for code in np.unique(codes):
+        rows = np.nonzero(codes == code)[0]
+        block = x[rows]
+        order = np.argsort(block, axis=0, kind="stable")
+        sorted_block = np.take_along_axis(block, order, axis=0)
+        same_prev = np.vstack(
+            [np.zeros((1, x.shape[1]), bool), sorted_block[1:] == sorted_block[:-1]]
+        )
+        same_next = np.vstack(
+            [sorted_block[1:] == sorted_block[:-1], np.zeros((1, x.shape[1]), bool)]
+        )
+        unique_sorted = ~(same_prev | same_next)
+        unique_block = np.zeros_like(unique_sorted)
+        np.put_along_axis(unique_block, order, unique_sorted, axis=0)
+        mask[rows] = unique_block
+    return mask
+
+
+def scanpy_pearson(x: np.ndarray, theta: float = 100.0, clip: float | None = None) -> np.ndarray:
+    adata = ad.AnnData(x.astype(np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 for genes without counts
+        normalize_pearson_residuals(adata, theta=theta, clip=clip)
+    return np.asarray(adata.X)
+
+
+def assert_pearson_close(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Within 1e-4 where scanpy is finite; 0 where scanpy divides 0 by 0 (gene without counts)."""
+    finite = np.isfinite(expected)
+    assert np.abs(actual[finite] - expected[finite]).max() <= 1e-4
+    assert np.all(actual[~finite] == 0)

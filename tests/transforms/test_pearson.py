@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import warnings
-
-import anndata as ad
 import numpy as np
 import pytest
 import torch
-from scanpy.experimental.pp import normalize_pearson_residuals
 
 from enhanced_dm.errors import ConfigError, DataFileError
 from enhanced_dm.transforms.pearson import PearsonResiduals
 from tests.transforms.gene_normalization_helpers import (
     WU2020,
+    assert_pearson_close,
     counts,
     fit_and_apply,
     most_detected_genes,
     obs_codes,
     per_group,
+    scanpy_pearson,
 )
-
-
-def scanpy_pearson(x: np.ndarray, theta: float = 100.0, clip: float | None = None) -> np.ndarray:
-    adata = ad.AnnData(x.astype(np.float64))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 for genes without counts
-        normalize_pearson_residuals(adata, theta=theta, clip=clip)
-    return np.asarray(adata.X)
-
-
-def assert_pearson_close(actual: np.ndarray, expected: np.ndarray) -> None:
-    """Within 1e-4 where scanpy is finite; 0 where scanpy divides 0 by 0 (gene without counts)."""
-    finite = np.isfinite(expected)
-    assert np.abs(actual[finite] - expected[finite]).max() <= 1e-4
-    assert np.all(actual[~finite] == 0)
 
 
 def test_pearson_matches_scanpy() -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from scipy.stats import rankdata
-from sklearn.preprocessing import QuantileTransformer
 
 from enhanced_dm.errors import ConfigError, FittingError
 from enhanced_dm.transforms.quantile import QuantileNormalize
@@ -19,39 +16,9 @@ from tests.transforms.gene_normalization_helpers import (
     most_detected_genes,
     obs_codes,
     per_group,
+    sklearn_quantile,
+    untied,
 )
-
-
-def sklearn_quantile(x: np.ndarray, output_distribution: str = "normal") -> np.ndarray:
-    transformer = QuantileTransformer(n_quantiles=1000, output_distribution=output_distribution)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # n_quantiles > n_samples: sklearn lowers it
-        return transformer.fit_transform(x)
-
-
-def untied(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Entries whose value occurs once in its gene (within its group).
-
-    sklearn breaks ties by float noise (a quantile lerped with weight 1e-16 lands a hair above
-    the tied value), so tied entries may sit at either end of their tie; we give the middle.
-    """
-    mask = np.zeros(x.shape, dtype=bool)
-    for code in np.unique(codes):
-        rows = np.nonzero(codes == code)[0]
-        block = x[rows]
-        order = np.argsort(block, axis=0, kind="stable")
-        sorted_block = np.take_along_axis(block, order, axis=0)
-        same_prev = np.vstack(
-            [np.zeros((1, x.shape[1]), bool), sorted_block[1:] == sorted_block[:-1]]
-        )
-        same_next = np.vstack(
-            [sorted_block[1:] == sorted_block[:-1], np.zeros((1, x.shape[1]), bool)]
-        )
-        unique_sorted = ~(same_prev | same_next)
-        unique_block = np.zeros_like(unique_sorted)
-        np.put_along_axis(unique_block, order, unique_sorted, axis=0)
-        mask[rows] = unique_block
-    return mask
 
 
 @pytest.fixture(scope="module")

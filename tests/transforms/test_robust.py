@@ -8,45 +8,13 @@ import torch
 from enhanced_dm.transforms.robust import RobustScale
 from tests.transforms.gene_normalization_helpers import (
     WU2020,
+    assert_robust_close,
     fit_and_apply,
     log_normalized,
     most_detected_genes,
     obs_codes,
-    per_group,
+    robust_reference,
 )
-
-
-def center_and_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """median and 1.4826 MAD (MAD 0 -> 1.2533 mean AD, 0 -> 1) per column, in float64."""
-    x = x.astype(np.float64)
-    median = np.median(x, axis=0)
-    deviation = np.abs(x - median)
-    mad, mean_ad = np.median(deviation, axis=0), deviation.mean(axis=0)
-    return median, np.where(mad > 0, 1.4826 * mad, np.where(mean_ad > 0, 1.2533 * mean_ad, 1.0))
-
-
-def robust_reference(x: np.ndarray) -> np.ndarray:
-    median, scale = center_and_scale(x)
-    return (x.astype(np.float64) - median) / scale
-
-
-def assert_robust_close(actual: np.ndarray, x: np.ndarray, codes: np.ndarray | None = None) -> None:
-    """Within 1e-5 (max abs) of the float64 reference, except where float32 cannot resolve it.
-
-    Input and fitted median are float32; one rounding of them (``eps * |x|``) is divided by the
-    scale, which is ~0.005 for rare genes, so there the float64 reference can be further than
-    1e-5 away. Those entries get four float32 roundings of ``(|x| + |median|) / scale``; entries
-    with a scale above 0.05 must be within 1e-5.
-    """
-    codes = np.zeros(len(x), dtype=np.int64) if codes is None else codes
-    expected = per_group(robust_reference, x, codes)
-    center = per_group(lambda m: np.broadcast_to(center_and_scale(m)[0], m.shape), x, codes)
-    scale = per_group(lambda m: np.broadcast_to(center_and_scale(m)[1], m.shape), x, codes)
-    eps = float(np.finfo(np.float32).eps)
-    tolerance = 1e-5 + 4 * eps * (np.abs(x) + np.abs(center)) / scale
-    error = np.abs(actual - expected)
-    assert np.all(error <= tolerance), float((error - tolerance).max())
-    assert error[scale > 0.05].max() <= 1e-5
 
 
 def test_robust_matches_numpy_median_mad_reference() -> None:
