@@ -1,9 +1,9 @@
 """enhanced-dm: Lightning DataModules that feed single-cell RNA-seq to PyTorch models."""
 
 from enhanced_dm.callbacks import NormalizationStatsCallback
-from enhanced_dm.components import Component
+from enhanced_dm.components import CompartmentComponent, Component, PathwayComponent
 from enhanced_dm.data import BlockShuffleSampler, CellStore
-from enhanced_dm.datamodules import BaseEnhancedDataModule
+from enhanced_dm.datamodules import BaseEnhancedDataModule, HierarchicalDataModule
 from enhanced_dm.errors import (
     AnnotationFileError,
     ConfigError,
@@ -12,7 +12,7 @@ from enhanced_dm.errors import (
     FittingError,
     NonFiniteOutputError,
 )
-from enhanced_dm.loaders import BaseEnhancedLoader
+from enhanced_dm.loaders import BaseEnhancedLoader, HierarchicalDataLoader
 
 __all__ = [
     "AnnotationFileError",
@@ -20,11 +20,15 @@ __all__ = [
     "BaseEnhancedLoader",
     "BlockShuffleSampler",
     "CellStore",
+    "CompartmentComponent",
     "Component",
     "ConfigError",
     "DataFileError",
     "EnhancedDMError",
     "FittingError",
+    "HierarchicalDataLoader",
+    "HierarchicalDataModule",
     "NonFiniteOutputError",
     "NormalizationStatsCallback",
+    "PathwayComponent",
 ]
