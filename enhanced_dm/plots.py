@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "ReportData",
@@ -242,7 +242,8 @@ def plot_value_distribution(data: ReportData) -> Figure:
 
 def plot_groups(data: ReportData) -> Figure | None:
     """Per batch (or cell type): library sizes before, per-cell mean of ``x_ng`` after, and the
-    group means of the most variable genes after normalization. None without a group column."""
+    group means of the genes whose means differ most between groups, after normalization. None
+    without a group column."""
     if data.group_name is None or not data.group_labels:
         return None
     present = [k for k in range(len(data.group_labels)) if data.group_count_k[k] > 0]
@@ -252,21 +253,24 @@ def plot_groups(data: ReportData) -> Figure | None:
     by_group = [data.group_codes_n == k for k in present]
     library.boxplot(
         [np.log10(np.maximum(data.total_counts_n[m], 1)) for m in by_group],
-        vert=False,
+        orientation="horizontal",
         tick_labels=labels,
     )
     library.set(xlabel="log10 library size (total_counts_n)", title="before: library size")
     cell_mean.boxplot(
-        [data.after_cell_mean_n[m] for m in by_group], vert=False, tick_labels=[""] * len(labels)
+        [data.after_cell_mean_n[m] for m in by_group],
+        orientation="horizontal",
+        tick_labels=[""] * len(labels),
     )
     cell_mean.set(xlabel="mean of x_ng over genes", title="after: per-cell mean")
-    top = np.argsort(data.after.std_g)[::-1][:_TOP_GENES]
-    means_kg = data.group_sum_kg[present][:, top] / data.group_count_k[present][:, None]
+    all_means_kg = data.group_sum_kg[present] / data.group_count_k[present][:, None]
+    top = np.argsort(all_means_kg.std(axis=0))[::-1][:_TOP_GENES]
+    means_kg = all_means_kg[:, top]
     limit = float(np.abs(means_kg).max()) or 1.0
     image = heatmap.imshow(means_kg, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
     heatmap.set_xticks(range(len(top)), [data.var_names[g] for g in top], rotation=90, fontsize=7)
     heatmap.set_yticks(range(len(labels)), [""] * len(labels))
-    heatmap.set_title(f"after: mean x_ng per {data.group_name}, {len(top)} most variable genes")
+    heatmap.set_title(f"after: mean x_ng per {data.group_name} ({len(top)} most different genes)")
     figure.colorbar(image, ax=heatmap, shrink=0.8)
     figure.suptitle(f"{_title(data)}, by {data.group_name}")
     return figure

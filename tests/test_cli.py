@@ -1,0 +1,136 @@
+"""The ``enhanced-dm`` command, run as a subprocess from a temporary directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enhanced_dm.cli import main
+from tests.helpers import REPO_ROOT
+
+PLOTS = ("gene_mean_std.png", "value_distribution.png", "pipeline_steps.png", "groups.png")
+
+
+def enhanced_dm(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the console script (or ``python -m enhanced_dm.cli`` where it is not installed)."""
+    script = Path(sys.executable).with_name("enhanced-dm")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "enhanced_dm.cli"]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [*command, *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def run_directories(root: Path) -> list[Path]:
+    return sorted(path.parent for path in root.rglob(".hydra"))
+
+
+def assert_report(directory: Path) -> dict:
+    for name in ("normalization_stats.json", "gene_stats.tsv", *PLOTS):
+        assert (directory / name).is_file(), f"{directory / name} is missing"
+        assert (directory / name).stat().st_size > 0
+    return json.loads((directory / "normalization_stats.json").read_text())
+
+
+def test_stats_writes_the_report_and_says_where(tmp_path: Path) -> None:
+    result = enhanced_dm("stats", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_directories(tmp_path / "outputs" / "stats")
+    report = assert_report(run / "stats")
+    assert f"statistics: {run / 'stats' / 'normalization_stats.json'}" in result.stdout
+    assert report["cells_in_report"] == 700
+    assert report["datamodule"]["normalization_type"] == "z_score"
+    z_score = report["steps"]["z_score"]
+    assert z_score["cells_seen"] == 700
+    assert abs(z_score["mean"]) < 0.05 and abs(z_score["std"] - 1) < 0.05
+    with (run / "stats" / "gene_stats.tsv").open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert len(rows) == 765 and rows[0]["gene"] == "HES4"
+    assert not (run / "checkpoints").exists()
+
+
+def test_fit_fast_dev_run_trains_and_writes_the_report(tmp_path: Path) -> None:
+    result = enhanced_dm("fit", "trainer.fast_dev_run=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_directories(tmp_path / "outputs" / "fit")
+    assert_report(run / "stats")
+    assert "enhanced-dm fit: done" in result.stdout
+    assert f"run directory: {run}" in result.stdout
+    assert "val/acc" in result.stdout
+
+
+def test_multirun_sweeps_normalizations(tmp_path: Path) -> None:
+    result = enhanced_dm("stats", "-m", "normalization=z_score,none", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = run_directories(tmp_path / "multirun" / "stats")
+    assert [run.name for run in runs] == ["0_normalization=z_score", "1_normalization=none"]
+    types = [assert_report(run / "stats")["datamodule"]["normalization_type"] for run in runs]
+    assert types == ["z_score", "none"]
+
+
+@pytest.mark.slow
+def test_fit_then_test_and_predict_from_the_checkpoint(tmp_path: Path) -> None:
+    result = enhanced_dm("fit", "trainer.max_epochs=3", "stats_report=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_directories(tmp_path / "outputs" / "fit")
+    metrics = list(csv.DictReader((run / "csv" / "version_0" / "metrics.csv").open()))
+    assert any(row.get("val/acc") for row in metrics)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    for task in ("test", "predict"):
+        result = enhanced_dm(task, f"ckpt_path={checkpoint}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert "test/acc" in result.stdout or (run_directories(tmp_path / "outputs" / "predict"))
+    (predict_run,) = run_directories(tmp_path / "outputs" / "predict")
+    assert (predict_run / "predictions.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("datamodule.batch_sie=3", "batch_sie"),
+        ("datamodule.batch_size=many", "datamodule.batch_size"),
+        ("normalization=zscore", "normalization/zscore"),
+        pytest.param("+datamodule.batch_sie=3", "batch_sie", marks=pytest.mark.slow),
+    ],
+)
+def test_invalid_overrides_fail_naming_them(override: str, named: str, tmp_path: Path) -> None:
+    result = enhanced_dm("stats", override, cwd=tmp_path)
+    assert result.returncode != 0
+    assert named in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_enhanced_dm_errors_are_a_message_not_a_traceback(tmp_path: Path) -> None:
+    result = enhanced_dm("stats", "data=path", "data.path=missing.h5ad", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "enhanced-dm stats: error: missing.h5ad: no such file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_constructor_errors_are_a_message_not_a_traceback(tmp_path: Path) -> None:
+    result = enhanced_dm("stats", "datamodule.normalization_type=zscore", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "unknown normalization_type 'zscore'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_and_unknown_task(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["--help"])
+    assert raised.value.code == 0
+    assert "usage: enhanced-dm {fit,validate,test,predict,stats}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as raised:
+        main(["train"])
+    assert raised.value.code == 2
+    assert "unknown task 'train'" in capsys.readouterr().err
