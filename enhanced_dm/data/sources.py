@@ -1,4 +1,10 @@
-"""One h5ad file or AnnData as a row reader: CSR arrays in memory or read from disk with h5py."""
+"""One h5ad file or AnnData as a row reader: CSR arrays in memory or read from disk with h5py.
+
+Files are only ever opened read-only (``h5py.File(path, "r")`` and ``anndata.read_h5ad(path,
+backed="r")``), so enhanced-dm never modifies its inputs. Every way a file can be unusable (absent,
+a directory, unreadable, not HDF5, truncated, X missing, X of a type or dtype we cannot read) is
+reported here, at open time, as a :class:`~enhanced_dm.errors.DataFileError` naming the file.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,10 @@ __all__ = ["RowBlock", "Source", "open_source"]
 
 # Rows whose byte ranges are closer than this many stored values are read in one h5py call.
 _COALESCE_GAP = 32_768
+# Backed files: the setup-time value check reads this many evenly spaced spans of stored values.
+_SAMPLE_SPANS = 16
+# numpy dtype kinds a matrix may hold: bool, signed / unsigned integer, float.
+_SUPPORTED_KINDS = "biuf"
 
 
 @dataclass
@@ -99,26 +109,87 @@ class Source:
         node = self._group()
         return node.dtype if self._dense else node["data"].dtype
 
+    @property
+    def where(self) -> str:
+        """``<file> (<element>)``: how messages name the matrix (X or ``layers/<name>``)."""
+        return f"{self.name} ({self.element})"
+
+    @property
+    def n_stored(self) -> int:
+        """Number of stored values: non-zeros of a sparse matrix, every entry of a dense one."""
+        if self._matrix is not None:
+            return int(self._matrix.nnz)
+        node = self._group()
+        return int(node.size) if self._dense else int(node["data"].shape[0])
+
     def read_rows(self, rows: np.ndarray) -> RowBlock:
-        """CSR rows ``rows`` (sorted ascending for best speed; any order is honoured)."""
+        """CSR rows ``rows`` (sorted ascending for best speed; any order is honoured).
+
+        A failing disk read (a file damaged or replaced after setup) becomes a ``DataFileError``
+        naming the file and the rows.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         if self._matrix is not None:
             return _gather_rows(self._matrix.indptr, self._matrix.indices, self._matrix.data, rows)
-        node = self._group()
-        if self._dense:
-            return _dense_rows(node, rows)
-        assert self._indptr is not None
-        return _read_backed_rows(self._indptr, node["indices"], node["data"], rows)
+        try:
+            node = self._group()
+            if self._dense:
+                return _dense_rows(node, rows)
+            assert self._indptr is not None
+            return _read_backed_rows(self._indptr, node["indices"], node["data"], rows)
+        except (OSError, KeyError, ValueError) as error:
+            first = rows[:3].tolist()
+            raise DataFileError(
+                f"{self.where}: reading rows {first}... failed ({type(error).__name__}: {error}); "
+                "was the file changed or damaged after setup?"
+            ) from error
 
     def sample_values(self, max_values: int = 200_000) -> np.ndarray:
-        """Stored values of the first rows (up to ``max_values``) for input checks."""
+        """Up to ``max_values`` stored values for the setup-time input check.
+
+        In memory: every stored value when there are at most ``max_values``, else the first
+        ``max_values`` (use :meth:`values_to_check`, which returns all of them). Backed: every
+        value when they fit, else ``_SAMPLE_SPANS`` evenly spaced contiguous spans (beginning,
+        middle and end of the file, one h5py read each), so a file that is only bad at its end
+        is not judged by its first rows alone.
+        """
         if self._matrix is not None:
             return self._matrix.data[:max_values]
         node = self._group()
         if self._dense:
             n_rows = max(1, min(self.n_obs, max_values // max(1, self.n_vars)))
-            return np.asarray(node[:n_rows]).ravel()
-        return node["data"][:max_values]
+            starts = _span_starts(self.n_obs, n_rows, _SAMPLE_SPANS)
+            per_span = max(1, n_rows // len(starts))
+            parts = [np.asarray(node[s : s + per_span]).ravel() for s in starts]
+            return np.concatenate(parts) if parts else np.zeros(0, node.dtype)
+        data = node["data"]
+        total = int(data.shape[0])
+        if total <= max_values:
+            return data[:]
+        starts = _span_starts(total, max_values, _SAMPLE_SPANS)
+        per_span = max(1, max_values // len(starts))
+        return np.concatenate([data[s : s + per_span] for s in starts])
+
+    def values_to_check(self, max_values: int) -> tuple[np.ndarray, bool]:
+        """The values the setup-time check looks at, and whether they are ALL the stored values.
+
+        An in-memory matrix is checked whole (one vectorized pass over its non-zeros). A backed
+        file is checked whole when it stores at most ``max_values`` values, else sampled
+        (:meth:`sample_values`); the store then checks the remaining rows as it reads them.
+        """
+        if self._matrix is not None:
+            return self._matrix.data, True
+        values = np.asarray(self.sample_values(max_values))
+        return values, values.size >= self.n_stored
+
+
+def _span_starts(total: int, wanted: int, n_spans: int) -> list[int]:
+    """Starts of ``n_spans`` evenly spaced spans of ``wanted // n_spans`` items in ``total``."""
+    if total <= 0:
+        return []
+    per_span = max(1, wanted // n_spans)
+    last_start = max(0, total - per_span)
+    return sorted({int(x) for x in np.linspace(0, last_start, num=min(n_spans, total))})
 
 
 def _gather_rows(
@@ -192,19 +263,38 @@ def _matrix_fingerprint(matrix: sp.csr_matrix) -> str:
     return f"{matrix.shape}:{digest.hexdigest()}"
 
 
-def _as_csr(matrix: Any, name: str) -> sp.csr_matrix:
-    if isinstance(matrix, np.ndarray):
-        return sp.csr_matrix(matrix)
-    if sp.issparse(matrix):
+def _check_dtype(dtype: np.dtype, where: str) -> None:
+    """Refuse matrices of strings, objects or complex numbers before anything reads them."""
+    if np.dtype(dtype).kind not in _SUPPORTED_KINDS:
+        raise DataFileError(
+            f"{where}: the matrix has unsupported dtype {np.dtype(dtype)}; expected integer "
+            "counts or floating-point expression values"
+        )
+
+
+def _as_csr(matrix: Any, where: str) -> sp.csr_matrix:
+    """A CSR copy (or the object itself) of an in-memory matrix; other types are refused."""
+    if matrix is None:
+        raise DataFileError(f"{where}: the matrix is missing (X is None)")
+    if isinstance(matrix, np.ndarray) or sp.issparse(matrix):
+        _check_dtype(matrix.dtype, where)
         return sp.csr_matrix(matrix)
     raise DataFileError(
-        f"{name}: X has unsupported type {type(matrix).__name__}; "
+        f"{where}: the matrix has unsupported type {type(matrix).__name__}; "
         "expected a numpy array or a scipy sparse matrix"
     )
 
 
-def _matrix_element(path: Path, layer: str | None) -> str:
-    """The h5 path of X or the layer, checked to exist and be row-readable."""
+def _encoding(node: Any) -> str:
+    encoding = node.attrs.get("encoding-type", "")
+    return encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+
+
+def _matrix_element(path: Path, layer: str | None, backed: bool) -> str:
+    """The h5 path of X or the layer, checked to exist, to be a matrix and to hold numbers.
+
+    Backed reading needs CSR (row-contiguous) or dense storage; in memory, CSC is converted.
+    """
     element = "X" if layer is None else f"layers/{layer}"
     with h5py.File(path, "r") as file:
         if element not in file:
@@ -212,17 +302,38 @@ def _matrix_element(path: Path, layer: str | None) -> str:
             what = "X" if layer is None else f"layer {layer!r}"
             raise DataFileError(f"{path}: {what} is missing (layers present: {available})")
         node = file[element]
+        where = f"{path} ({element})"
         if isinstance(node, h5py.Group):
-            encoding = node.attrs.get("encoding-type", "")
-            if isinstance(encoding, bytes):
-                encoding = encoding.decode()
-            if encoding != "csr_matrix":
+            encoding = _encoding(node)
+            if encoding not in ("csr_matrix", "csc_matrix") or "data" not in node:
                 raise DataFileError(
-                    f"{path}: {element} is stored as {encoding or 'an unknown group'}; backed "
-                    "reading needs csr_matrix rows (convert with adata.X = adata.X.tocsr() and "
-                    "write again, or use backed=False)"
+                    f"{where}: stored as {encoding or 'an unknown group'}; expected a csr_matrix, "
+                    "csc_matrix or dense array"
                 )
+            if encoding == "csc_matrix" and backed:
+                raise DataFileError(
+                    f"{where}: stored as csc_matrix; backed reading needs csr_matrix rows "
+                    "(convert with adata.X = adata.X.tocsr() and write again, or use backed=False)"
+                )
+            _check_dtype(node["data"].dtype, where)
+        elif isinstance(node, h5py.Dataset):
+            if node.ndim != 2:
+                raise DataFileError(f"{where}: expected a 2-d matrix, found shape {node.shape}")
+            _check_dtype(node.dtype, where)
     return element
+
+
+def _check_path(path: Path) -> None:
+    """The path exists, is a regular file and can be opened for reading."""
+    if not path.exists():
+        raise DataFileError(f"{path}: data file not found")
+    if not path.is_file():
+        raise DataFileError(f"{path}: is a directory or special file; expected an .h5ad file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise DataFileError(f"{path}: cannot be read ({error.strerror or error})") from error
 
 
 def open_source(
@@ -231,36 +342,44 @@ def open_source(
     """Open one dataset: metadata always, the matrix in memory unless ``backed``."""
     if isinstance(data, anndata.AnnData):
         name = f"<AnnData #{index}>"
-        matrix = data.X if layer is None else data.layers.get(layer)
-        if matrix is None:
+        element = "X" if layer is None else f"layers/{layer}"
+        if layer is not None and layer not in data.layers:
             raise DataFileError(f"{name}: layer {layer!r} is missing (layers: {list(data.layers)})")
-        csr = _as_csr(matrix, name)
+        matrix = data.X if layer is None else data.layers[layer]
+        csr = _as_csr(matrix, f"{name} ({element})")
         return Source(
             name,
             data.obs,
             data.var_names,
             data.var,
             matrix=csr,
+            element=element,
             fingerprint=_matrix_fingerprint(csr),
         )
     path = Path(data)
-    if not path.is_file():
-        raise DataFileError(f"{path}: data file not found")
+    _check_path(path)
     try:
-        element = _matrix_element(path, layer)
+        element = _matrix_element(path, layer, backed)
         adata = anndata.read_h5ad(path, backed="r")
     except DataFileError:
         raise
-    except (OSError, KeyError, ValueError) as error:
-        raise DataFileError(f"{path}: not a readable h5ad file ({error})") from error
+    except Exception as error:  # h5py / anndata raise many types for damaged files
+        raise DataFileError(
+            f"{path}: not a readable h5ad file ({type(error).__name__}: {error})"
+        ) from error
     try:
         obs, var_names, var = adata.obs.copy(), adata.var_names.copy(), adata.var.copy()
     finally:
         adata.file.close()
     matrix = None
     if not backed:
-        full = anndata.read_h5ad(path)
-        matrix = _as_csr(full.X if layer is None else full.layers[layer], str(path))
+        try:
+            full = anndata.read_h5ad(path)
+        except Exception as error:
+            raise DataFileError(
+                f"{path}: not a readable h5ad file ({type(error).__name__}: {error})"
+            ) from error
+        matrix = _as_csr(full.X if layer is None else full.layers[layer], f"{path} ({element})")
     return Source(
         str(path),
         obs,

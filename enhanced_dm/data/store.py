@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anndata
@@ -17,7 +19,12 @@ import torch
 from enhanced_dm.data.sources import RowBlock, Source, open_source
 from enhanced_dm.errors import ConfigError, DataFileError
 
-__all__ = ["CellStore", "DataInput"]
+__all__ = ["CellStore", "DataInput", "ValueCheck"]
+
+logger = logging.getLogger(__name__)
+
+# Backed files storing more values than this are sampled at setup; the rest is checked on read.
+VALUE_CHECK_MAX_VALUES = 1_000_000
 
 # torch marks sparse CSR as beta on every construction; the layout is used on purpose here.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -44,6 +51,32 @@ def _expand_inputs(data: DataInput) -> list[str | os.PathLike[str] | anndata.Ann
     return expanded
 
 
+@dataclass
+class ValueCheck:
+    """What the setup-time value check of one source looked at and concluded.
+
+    ``values_checked`` of ``values_stored`` stored values were read; ``complete`` means all of
+    them (then the read path skips its own check for this source). ``integer`` says whether every
+    checked value is a whole number.
+    """
+
+    source: str
+    dtype: str
+    values_checked: int
+    values_stored: int
+    complete: bool
+    integer: bool
+    minimum: float
+
+    def describe(self) -> str:
+        scope = "all" if self.complete else "a sample of"
+        kind = "integers" if self.integer else "non-integer values"
+        return (
+            f"{self.source}: {scope} {self.values_checked:,} of {self.values_stored:,} stored "
+            f"values checked ({self.dtype}): {kind}"
+        )
+
+
 class CellStore:
     """Rows of one or many datasets, read as CSR batches in one gene space.
 
@@ -56,7 +89,24 @@ class CellStore:
     * ``total_counts_n`` is each cell's library size over ALL genes of its file (or the obs column
       ``total_counts_key``), taken before gene alignment.
     * ``counts``: ``True`` requires integer values, ``False`` accepts any non-negative values,
-      ``"auto"`` checks a sample of each file and records the verdict in ``is_counts``.
+      ``"auto"`` decides from the values checked and records the verdict in ``is_counts`` (and in
+      words in ``counts_verdict``, logged at INFO).
+
+    Input checks, all at construction (so in ``setup``, never mid-epoch), each a
+    :class:`~enhanced_dm.errors.DataFileError` naming the file: unreadable / non-h5ad / truncated
+    files and unusable X (see :func:`~enhanced_dm.data.sources.open_source`), no cells, no genes,
+    duplicate var_names, missing obs columns (the available ones are listed), and the values:
+    negative, NaN/inf, or non-integer with ``counts=True``. In-memory matrices are checked whole;
+    backed files storing at most ``VALUE_CHECK_MAX_VALUES`` values are read whole, larger ones are
+    sampled (16 evenly spaced spans) and every block read afterwards is checked in :meth:`read`
+    (a few vectorized numpy passes over the block's non-zeros): when ``setup("fit")`` fits
+    statistics, its pass over the train split thus verifies every train cell before training;
+    other cells of a sampled file are verified when first read. ``value_checks`` records what was
+    checked.
+
+    Duplicate obs_names are allowed: rows are identified by position (``cell_index_n``), and
+    several files often share barcodes. Duplicate var_names are an error (a gene would be
+    ambiguous).
     """
 
     def __init__(
@@ -85,12 +135,19 @@ class CellStore:
         for source in self.sources:
             _check_unique(source.var_names, source.name, "var_names")
         self.var_names = self._gene_space(genes, gene_join)
+        if not self.var_names:
+            raise DataFileError(
+                f"{_names(self.sources)}: the gene space is empty (files with no genes, or an "
+                "empty genes= list); expected at least one gene"
+            )
         self._column_maps = [self._column_map(source) for source in self.sources]
+        self.obs_columns = dict(obs_columns or {})
         self.offsets = np.cumsum([0] + [source.n_obs for source in self.sources])
         self.n_obs = int(self.offsets[-1])
         if self.n_obs == 0:
-            raise DataFileError("the dataset has no cells")
-        self.obs_columns = dict(obs_columns or {})
+            raise DataFileError(
+                f"{_names(self.sources)}: the dataset has no cells (n_obs = 0); expected at least one"
+            )
         self.categories: dict[str, list[str]] = {}
         self.obs_values = {
             name: self._obs_column(name, column, (categories or {}).get(name))
@@ -98,6 +155,9 @@ class CellStore:
         }
         self.total_counts_key = total_counts_key
         self._obs_totals = self._obs_column_float(total_counts_key) if total_counts_key else None
+        self.value_checks: list[ValueCheck] = []
+        self.counts_option = counts
+        self.counts_verdict = ""
         self.is_counts = self._check_values(counts)
 
     # ----------------------------------------------------------------------------- metadata
@@ -142,12 +202,15 @@ class CellStore:
         return mapping
 
     def _concat_obs(self, column: str) -> pd.Series:
+        """The obs column over all sources; a source that lacks it is an error listing its keys."""
         parts = []
         for source in self.sources:
             if column not in source.obs.columns:
+                uses = [f"{name}_n" for name, col in self.obs_columns.items() if col == column]
+                purpose = f" (requested for {', '.join(uses)})" if uses else ""
                 raise DataFileError(
-                    f"{source.name}: obs column {column!r} is missing; "
-                    f"available: {sorted(map(str, source.obs.columns))}"
+                    f"{source.name}: obs column {column!r} is missing{purpose}; "
+                    f"available obs keys: {sorted(map(str, source.obs.columns))}"
                 )
             parts.append(source.obs[column].reset_index(drop=True))
         return pd.concat(parts, ignore_index=True)
@@ -189,34 +252,78 @@ class CellStore:
         return values.to_numpy(dtype=np.float64)
 
     def _check_values(self, counts: bool | str) -> bool:
-        """Reject negative / non-finite values; decide whether the data are integer counts."""
+        """Reject negative / non-finite values; decide whether the data are integer counts.
+
+        Each source's values (all of them in memory, all or a spread sample when backed: see
+        :meth:`Source.values_to_check`) are checked with :func:`_check_array`. The verdict for
+        ``counts="auto"`` is True only when every checked value of every source is an integer.
+        """
         if counts not in (True, False, "auto"):
             raise ConfigError(f"counts must be True, False or 'auto', got {counts!r}")
         integer = True
         for source in self.sources:
-            sample = np.asarray(source.sample_values())
-            if sample.dtype.kind == "f":
-                if not np.isfinite(sample).all():
-                    raise DataFileError(f"{source.name}: the matrix contains NaN or inf values")
-                source_integer = bool(np.all(sample == np.round(sample)))
-            elif sample.dtype.kind in "iub":
-                source_integer = True
-            else:
-                raise DataFileError(
-                    f"{source.name}: the matrix has unsupported dtype {sample.dtype}"
+            values, complete = source.values_to_check(VALUE_CHECK_MAX_VALUES)
+            values = np.asarray(values)
+            _check_dtype_kind(values.dtype, source.where)
+            source_integer = _check_array(
+                values, source.where, require_integer=counts is True, scope="stored values"
+            )
+            self.value_checks.append(
+                ValueCheck(
+                    source=source.where,
+                    dtype=str(values.dtype),
+                    values_checked=int(values.size),
+                    values_stored=source.n_stored,
+                    complete=complete,
+                    integer=source_integer,
+                    minimum=float(values.min()) if values.size else 0.0,
                 )
-            if sample.size and sample.min() < 0:
-                raise DataFileError(
-                    f"{source.name}: the matrix contains negative values (min {sample.min()}); "
-                    "expected counts or non-negative expression"
-                )
-            if counts is True and not source_integer:
-                raise DataFileError(
-                    f"{source.name}: counts=True but the matrix holds non-integer values "
-                    f"(e.g. {sample[sample != np.round(sample)][:3].tolist()}); pass raw counts"
-                )
+            )
             integer &= source_integer
-        return bool(integer) if counts == "auto" else bool(counts)
+        is_counts = bool(integer) if counts == "auto" else bool(counts)
+        described = "; ".join(check.describe() for check in self.value_checks)
+        if counts == "auto":
+            conclusion = (
+                "integer counts (batches carry int32 counts_ng)"
+                if is_counts
+                else "NOT integer counts (batches carry float32 values; transforms that need "
+                "raw counts, such as Pearson residuals, will refuse them)"
+            )
+            self.counts_verdict = f"counts='auto' concluded {conclusion}: {described}"
+        else:
+            self.counts_verdict = f"counts={counts!r} (declared): {described}"
+        logger.info(self.counts_verdict)
+        return is_counts
+
+    def _verify_block(self, source_index: int, block: RowBlock, local_rows: np.ndarray) -> None:
+        """Check values of a block read from a source the setup check only sampled."""
+        checks = self.value_checks
+        if source_index < len(checks) and checks[source_index].complete:
+            return
+        if block.data.dtype.kind == "u" or block.data.dtype.kind == "b":
+            return
+        source = self.sources[source_index]
+        try:
+            _check_array(
+                block.data,
+                source.where,
+                require_integer=self.is_counts,
+                scope="stored values of the rows read",
+                integer_reason=(
+                    "counts=True"
+                    if self.counts_option is True
+                    else "counts='auto' judged the file to hold counts from a sample"
+                ),
+            )
+        except DataFileError as error:
+            bad = _bad_value_positions(block.data, self.is_counts)
+            row_ids = np.searchsorted(block.indptr, bad[:1], side="right") - 1
+            row = int(local_rows[row_ids[0]]) if len(row_ids) else -1
+            raise DataFileError(
+                f"{error} [found while reading row {row} of the file; the setup check had "
+                f"sampled {checks[source_index].values_checked:,} of "
+                f"{checks[source_index].values_stored:,} values]"
+            ) from None
 
     # ----------------------------------------------------------------------------- reading
     def _touch(self, source_index: int) -> None:
@@ -244,6 +351,7 @@ class CellStore:
             local = rows[source_ids == source_index] - self.offsets[source_index]
             self._touch(int(source_index))
             block = self.sources[source_index].read_rows(local)
+            self._verify_block(int(source_index), block, local)
             totals.append(_row_sums(block))
             blocks.append(_remap_columns(block, self._column_maps[source_index]))
         indptr, indices, data = _concat_blocks(blocks)
@@ -266,6 +374,79 @@ class CellStore:
         for name, values_n in self.obs_values.items():
             batch[f"{name}_n"] = torch.from_numpy(values_n[rows])
         return batch
+
+
+def _names(sources: Sequence[Source]) -> str:
+    shown = ", ".join(source.name for source in sources[:3])
+    return shown + (f" (+{len(sources) - 3} more)" if len(sources) > 3 else "")
+
+
+def _check_dtype_kind(dtype: np.dtype, where: str) -> None:
+    if dtype.kind not in "biuf":
+        raise DataFileError(
+            f"{where}: the matrix has unsupported dtype {dtype}; expected integer counts or "
+            "floating-point expression values"
+        )
+
+
+def _bad_value_positions(values: np.ndarray, require_integer: bool) -> np.ndarray:
+    """Positions of values that are negative, non-finite, or (when required) non-integer."""
+    if values.dtype.kind in "ub":
+        return np.zeros(0, np.int64)
+    bad = values < 0
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        bad |= ~finite
+        if require_integer:
+            bad |= finite & (values != np.round(values))
+    return np.flatnonzero(bad)
+
+
+def _check_array(
+    values: np.ndarray,
+    where: str,
+    *,
+    require_integer: bool,
+    scope: str,
+    integer_reason: str = "counts=True",
+) -> bool:
+    """Raise on negative or non-finite values (and non-integers if required); True if integer.
+
+    One vectorized pass per property; the message names the file, what was found (how many,
+    examples) and what was expected.
+    """
+    if values.size == 0 or values.dtype.kind in "ub":
+        return True
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        if not finite.all():
+            n_nan = int(np.isnan(values).sum())
+            n_inf = int((~finite).sum()) - n_nan
+            raise DataFileError(
+                f"{where}: found {n_nan} NaN and {n_inf} inf among the {values.size:,} "
+                f"{scope} checked; expected finite counts or expression values"
+            )
+    minimum = values.min()
+    if minimum < 0:
+        n_negative = int((values < 0).sum())
+        raise DataFileError(
+            f"{where}: found {n_negative} negative value(s) (min {minimum}) among the "
+            f"{values.size:,} {scope} checked; expected non-negative counts or expression "
+            "(scaled / centred data cannot be normalized again: pass raw counts)"
+        )
+    if values.dtype.kind != "f":
+        return True
+    fractional = values != np.round(values)
+    if not fractional.any():
+        return True
+    if require_integer:
+        examples = values[fractional][:3].tolist()
+        raise DataFileError(
+            f"{where}: {integer_reason} but found {int(fractional.sum()):,} non-integer value(s) "
+            f"(e.g. {examples}) among the {values.size:,} {scope} checked; expected raw integer "
+            "counts (pass raw counts, e.g. layer='counts', or counts=False for continuous data)"
+        )
+    return False
 
 
 def _check_unique(names: pd.Index, where: str, what: str) -> None:

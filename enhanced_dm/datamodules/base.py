@@ -236,11 +236,18 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                 component.setup(self.store)
         if self.pipeline is None:
             self.pipeline = self.build_pipeline(self.store)
-            self.monitor = PipelineMonitor(self.pipeline, self.nan_policy)
+            self.monitor = PipelineMonitor(
+                self.pipeline, self.nan_policy, n_genes=self.store.n_genes
+            )
+            self._warn_if_counts_needed(self.store)
             self._fit_or_load()
             self._warn_groups_without_train_cells()
 
     def _make_split(self, store: CellStore) -> dict[str, np.ndarray]:
+        """Train/val/test cell indices: seeded fractions, or the labels of obs ``split_key``.
+
+        An empty train split is an error here, at setup, naming the sizes that produced it.
+        """
         cells = np.arange(store.n_obs)
         if self.split_key is not None:
             labels = store._concat_obs(self.split_key).astype(str).str.lower().map(_SPLIT_NAMES)
@@ -261,11 +268,31 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                 "train": np.sort(order[n_val + n_test :]),
             }
         if len(split["train"]) == 0:
+            source = (
+                f"obs column {self.split_key!r} (split_key) labels no cell 'train'"
+                if self.split_key is not None
+                else f"val_fraction={self.val_fraction} and test_fraction={self.test_fraction} "
+                f"leave no cell of {store.n_obs} for training"
+            )
             raise FittingError(
-                "the train split is empty: lower val_fraction/test_fraction or "
-                "label some cells 'train' in split_key"
+                f"the train split is empty: {source}; expected at least one train cell "
+                "(lower val_fraction/test_fraction or label some cells 'train')"
             )
         return split
+
+    def _warn_if_counts_needed(self, store: CellStore) -> None:
+        """Warn at setup when the gene-wise normalization needs raw counts but the data are not.
+
+        The transform itself refuses non-integer values when it is fitted or applied; this warning
+        says why early and repeats the store's verdict (``counts="auto"`` judges from the values).
+        """
+        spec = GENE_NORMALIZATIONS.get(self.normalization_type)
+        if self.per_gene_normalization and spec and spec.needs_raw_counts and not store.is_counts:
+            warnings.warn(
+                f"normalization_type={self.normalization_type!r} expects raw integer counts, but "
+                f"{store.counts_verdict}",
+                stacklevel=3,
+            )
 
     def _group_key(self) -> tuple[str | None, int]:
         if self.batch_aware_normalization:

@@ -1,0 +1,52 @@
+"""A torchmetrics Metric that watches the raw counts entering the pipeline: empty cells and genes."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+__all__ = ["InputStatsMetric"]
+
+
+class InputStatsMetric(Metric):
+    """Counts cells with no counts and genes never expressed among the cells seen.
+
+    ``update(counts_ng)`` takes the dense count batch (rows are cells, in the store's gene space).
+    ``compute()`` reports ``cells_seen``, ``zero_count_cells`` (cells whose counts sum to 0 over
+    the store's genes: normalization maps them to zeros, never NaN) and ``all_zero_genes`` (genes
+    with no non-zero value in any cell seen since the last reset: their z-score scale is set to 1,
+    so they stay 0). States are sums, reduced across DDP ranks by torchmetrics. ``n_genes`` sizes
+    the per-gene state up front (needed for DDP); without it the state is sized by the first batch.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
+
+    def __init__(self, n_genes: int | None = None) -> None:
+        super().__init__()
+        scalar = torch.zeros((), dtype=torch.float64)
+        self.add_state("cells", scalar.clone(), dist_reduce_fx="sum")
+        self.add_state("zero_count_cells", scalar.clone(), dist_reduce_fx="sum")
+        self.add_state(
+            "nonzero_cells_g", torch.zeros(n_genes or 0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+
+    def update(self, counts_ng: torch.Tensor) -> None:
+        counts_ng = counts_ng.detach()
+        nonzero_ng = counts_ng != 0
+        if self.nonzero_cells_g.numel() == 0:
+            self.nonzero_cells_g = torch.zeros(
+                counts_ng.shape[-1], dtype=torch.float64, device=counts_ng.device
+            )
+        self.cells += counts_ng.shape[0]
+        self.zero_count_cells += (~nonzero_ng.any(dim=-1)).sum()
+        self.nonzero_cells_g += nonzero_ng.sum(dim=0)
+
+    def compute(self) -> dict[str, float]:
+        return {
+            "cells_seen": float(self.cells),
+            "zero_count_cells": float(self.zero_count_cells),
+            "all_zero_genes": float((self.nonzero_cells_g == 0).sum()),
+            "genes": float(self.nonzero_cells_g.numel()),
+        }
