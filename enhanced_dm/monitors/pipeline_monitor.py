@@ -38,12 +38,16 @@ class PipelineMonitor(nn.Module):
         if nan_policy not in ("raise", "warn", "ignore"):
             raise ConfigError(f"nan_policy must be 'raise', 'warn' or 'ignore', got {nan_policy!r}")
         self.nan_policy = nan_policy
-        self.metrics = nn.ModuleDict(
-            {
-                name: OutputStatsMetric(transform.clip_value)
-                for name, transform in pipeline.named_transforms()
-            }
+        # A list, not a ModuleDict: transform names are free text and may clash with nn.Module
+        # attributes ("double", "train", "to", ...).
+        self.names = [name for name, _ in pipeline.named_transforms()]
+        self.step_metrics = nn.ModuleList(
+            [
+                OutputStatsMetric(transform.clip_value)
+                for _, transform in pipeline.named_transforms()
+            ]
         )
+        self._index = {name: index for index, name in enumerate(self.names)}
         self.input_metric = InputStatsMetric(n_genes)
         self._input_step: str | None = None
         self._nonfinite: list[tuple[str, str, torch.Tensor]] = []
@@ -55,7 +59,7 @@ class PipelineMonitor(nn.Module):
             self._input_step = name
         values = out.get(transform.output_key)
         if values is not None and torch.is_floating_point(values):
-            self.metrics[name].update(values)
+            self.step_metrics[self._index[name]].update(values)
         if self.nan_policy == "ignore":
             return
         for key, tensor in out.items():
@@ -72,7 +76,7 @@ class PipelineMonitor(nn.Module):
         culprit, key, _ = next(entry for entry in flags if bool(entry[2]))
         source = (
             "the input batch already held them (check the data file)"
-            if culprit == next(iter(self.metrics), None)
+            if self.names and culprit == self.names[0]
             else "the steps before it produced finite values"
         )
         message = f"transform {culprit!r} produced NaN or inf values in {key!r}; {source}"
@@ -85,7 +89,9 @@ class PipelineMonitor(nn.Module):
 
     def compute(self) -> dict[str, dict[str, float]]:
         stats = {
-            name: metric.compute() for name, metric in self.metrics.items() if metric.update_count
+            name: metric.compute()
+            for name, metric in zip(self.names, self.step_metrics, strict=True)
+            if metric.update_count
         }
         if self.input_metric.update_count and self._input_step in stats:
             summary = self.input_metric.compute()
@@ -96,6 +102,6 @@ class PipelineMonitor(nn.Module):
         return stats
 
     def reset(self) -> None:
-        for metric in self.metrics.values():
+        for metric in self.step_metrics:
             metric.reset()
         self.input_metric.reset()
