@@ -226,9 +226,13 @@ def run(cfg: Any) -> float | None:
         merged = {key: torch.cat([batch[key] for batch in outputs]) for key in outputs[0]}
         torch.save(merged, output_dir / "predictions.pt")
     report = None
-    if cfg.task == "fit" and cfg.stats_report and trainer.is_global_zero:
-        datamodule.reset_normalization_stats()
-        report = write_stats_report(datamodule, output_dir / "stats", cfg.report_max_cells)
+    if cfg.task == "fit" and cfg.stats_report:
+        if trainer.world_size == 1:
+            datamodule.reset_normalization_stats()
+            report = write_stats_report(datamodule, output_dir / "stats", cfg.report_max_cells)
+        elif trainer.is_global_zero:
+            # Each rank holds a shard of the cells; the report is made by `enhanced-dm stats`.
+            print("enhanced-dm fit: no statistics report under DDP; run `enhanced-dm stats`")
     if trainer.is_global_zero:
         _print_summary(cfg.task, started, output_dir, trainer, report)
     monitor = getattr(trainer.checkpoint_callback, "monitor", None)
@@ -299,13 +303,24 @@ def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+def _split_task(arguments: list[str]) -> tuple[str, list[str]]:
+    """``fit a=1`` -> ``("fit", ["a=1"])``; ``a=1 task=fit`` (a DDP child's command) likewise."""
+    first = arguments[0]
+    if "=" not in first and not first.startswith("-"):
+        return first, arguments[1:]
+    given = [argument for argument in arguments if argument.startswith("task=")]
+    if len(given) == 1:
+        return given[0].removeprefix("task="), [a for a in arguments if a is not given[0]]
+    return arguments[0], arguments[1:]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``enhanced-dm`` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or arguments[0] in ("-h", "--help", "help"):
         print(USAGE)
         raise SystemExit(0 if arguments else 2)
-    task, overrides = arguments[0], arguments[1:]
+    task, overrides = _split_task(arguments)
     if task not in TASKS:
         print(f"enhanced-dm: unknown task {task!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
@@ -314,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     register_schemas()
     hydra_main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-    sys.argv = [f"enhanced-dm {task}", *overrides, f"task={task}"]
+    # The task travels as an override, so that the processes Lightning's DDP launcher starts (it
+    # re-runs sys.argv) find it again.
+    sys.argv = [sys.argv[0], *overrides, f"task={task}"]
     hydra_main(_task)()
 
 

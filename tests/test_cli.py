@@ -94,6 +94,17 @@ def test_fit_then_test_and_predict_from_the_checkpoint(tmp_path: Path) -> None:
     assert (predict_run / "predictions.pt").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_fit_with_two_gloo_ranks(tmp_path: Path) -> None:
+    result = enhanced_dm("fit", "trainer=ddp", "trainer.max_epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "enhanced-dm fit: done" in result.stdout
+    assert "no statistics report under DDP" in result.stdout
+    (run,) = run_directories(tmp_path / "outputs" / "fit")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
     [

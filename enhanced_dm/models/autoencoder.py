@@ -45,6 +45,7 @@ class ExpressionAutoencoder(ReferenceModule):
         self.decoder: nn.Sequential | None = None
         if n_genes is not None:
             self._build_decoder(int(n_genes))
+        self.size_lazy_layers_for_ddp()
 
     def _build_decoder(self, n_genes: int) -> None:
         self.hparams["n_genes"] = n_genes
@@ -80,11 +81,14 @@ class ExpressionAutoencoder(ReferenceModule):
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch[self.hparams.input_key].shape[0])
+        n_cells = batch[self.hparams.input_key].shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=n_cells, sync_dist=True)
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch)
-        self.log("test/loss", loss, batch_size=batch[self.hparams.input_key].shape[0])
+        self.log(
+            "test/loss", loss, batch_size=batch[self.hparams.input_key].shape[0], sync_dist=True
+        )
 
     def predict_step(
         self, batch: Mapping[str, torch.Tensor], batch_idx: int

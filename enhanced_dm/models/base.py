@@ -34,6 +34,23 @@ class ReferenceModule(L.LightningModule):
             out["cell_index_n"] = batch["cell_index_n"]
         return out
 
+    def size_lazy_layers_for_ddp(self) -> None:
+        """Size ``nn.LazyLinear`` layers from one batch when running under DDP.
+
+        DDP cannot wrap parameters whose shape is not known yet, so in ``setup`` every rank runs one
+        batch of the DataModule's ``predict_dataloader`` (no shuffling, no sampler state) through
+        its transfer hook and the model; the DataModule's monitors count that batch. On one device
+        nothing happens here: the first training batch sizes the layers.
+        """
+        trainer = self._trainer
+        lazy = any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters())
+        if trainer is None or trainer.world_size == 1 or not lazy:
+            return
+        datamodule = trainer.datamodule
+        batch = datamodule.on_after_batch_transfer(next(iter(datamodule.predict_dataloader())), 0)
+        with torch.no_grad():
+            self(batch)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
             self.parameters(),

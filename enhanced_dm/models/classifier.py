@@ -25,8 +25,8 @@ class CellTypeClassifier(ReferenceModule):
 
     ``n_classes=None`` takes the number of classes (and their names) from the DataModule's frozen
     category map in ``setup``; ``input_dim=None`` sizes the first layer from the first batch
-    (``nn.LazyLinear``), so the same model runs on any DataModule whatever context it adds. Give
-    ``input_dim`` explicitly for DDP, which cannot wrap a module whose parameters are not yet sized.
+    (``nn.LazyLinear``), so the same model runs on any DataModule whatever context it adds (under
+    DDP, one batch sizes it in ``setup``).
 
     Logs ``train/loss``, ``val/loss``, ``val/acc`` (micro accuracy), ``val/balanced_acc`` (macro
     recall) and the same under ``test/``. ``predict_step`` returns ``cell_index_n``, the predicted
@@ -72,11 +72,11 @@ class CellTypeClassifier(ReferenceModule):
 
     def setup(self, stage: str) -> None:
         """Size the output layer from the DataModule's category map when ``n_classes`` is None."""
-        if self.network is not None:
-            return
-        names = _class_names_from_datamodule(self, self.hparams.label_key)
-        self.hparams["class_names"] = names
-        self._build(len(names))
+        if self.network is None:
+            names = _class_names_from_datamodule(self, self.hparams.label_key)
+            self.hparams["class_names"] = names
+            self._build(len(names))
+        self.size_lazy_layers_for_ddp()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Class logits ``(n, n_classes)``."""
@@ -112,7 +112,7 @@ class CellTypeClassifier(ReferenceModule):
         loss, logits, labels = self._step(batch)
         self.val_acc(logits, labels)
         self.val_balanced_acc(logits, labels)
-        self.log("val/loss", loss, prog_bar=True, batch_size=labels.shape[0])
+        self.log("val/loss", loss, prog_bar=True, batch_size=labels.shape[0], sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
         self.log("val/balanced_acc", self.val_balanced_acc)
 
@@ -120,7 +120,7 @@ class CellTypeClassifier(ReferenceModule):
         loss, logits, labels = self._step(batch)
         self.test_acc(logits, labels)
         self.test_balanced_acc(logits, labels)
-        self.log("test/loss", loss, batch_size=labels.shape[0])
+        self.log("test/loss", loss, batch_size=labels.shape[0], sync_dist=True)
         self.log("test/acc", self.test_acc)
         self.log("test/balanced_acc", self.test_balanced_acc)
 
