@@ -376,6 +376,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         statistics of one. Only rank 0 reads and writes the cache; its decision (and the
         statistics it read) are broadcast, so the other ranks never read a file that is being
         written and a node-local ``stats_cache_dir`` cannot make ranks disagree.
+        ``stats_cache_path`` is then rank 0's file on every rank.
         """
         assert self.pipeline is not None
         rank, world_size = _process_group_world()
@@ -401,11 +402,12 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                     stacklevel=2,
                 )
                 cached = None
+        path = cache.path(key) if cache is not None else None
         if world_size > 1:
-            cached = _broadcast_from_rank_zero(cached)
+            cached, path = _broadcast_from_rank_zero((cached, path))
         if cached is not None:
             load_fitted_states(self.pipeline, cached)
-            self.stats_cache_path = cache.path(key) if cache is not None else None
+            self.stats_cache_path = path
             return
         sampler = BlockShuffleSampler(
             self.split["train"],
@@ -421,7 +423,8 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             self.pipeline, lambda: loader, self._device(), progress=self.progress and rank == 0
         )
         if cache is not None and rank == 0:
-            self.stats_cache_path = cache.save(key, states)
+            path = cache.save(key, states)
+        self.stats_cache_path = _broadcast_from_rank_zero(path) if world_size > 1 else path
 
     def _check_same_data_on_all_ranks(self) -> None:
         """Every rank must have built the same gene space, category maps and split (they are
