@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,21 @@ def test_usage_and_unknown_task(capsys: pytest.CaptureFixture[str]) -> None:
         main(["train"])
     assert raised.value.code == 2
     assert "unknown task 'train'" in capsys.readouterr().err
+
+
+def test_an_installed_package_finds_its_own_conf(tmp_path: Path) -> None:
+    """A wheel carries conf/ as enhanced_dm/conf (pyproject force-include); the CLI looks there."""
+    site = tmp_path / "site"
+    shutil.copytree(REPO_ROOT / "enhanced_dm", site / "enhanced_dm")
+    shutil.copytree(REPO_ROOT / "conf", site / "enhanced_dm" / "conf")
+    code = "import enhanced_dm.cli as cli; print(cli.config_dir())"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(site)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == site / "enhanced_dm" / "conf"
