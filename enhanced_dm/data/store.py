@@ -19,7 +19,7 @@ import torch
 from enhanced_dm.data.sources import RowBlock, Source, open_source
 from enhanced_dm.errors import ConfigError, DataFileError
 
-__all__ = ["CellStore", "DataInput", "ValueCheck"]
+__all__ = ["CellStore", "DataInput", "ValueCheck", "check_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -447,6 +447,16 @@ def _check_array(
             "counts (pass raw counts, e.g. layer='counts', or counts=False for continuous data)"
         )
     return False
+
+
+def check_values(values: np.ndarray, where: str, *, require_integer: bool) -> bool:
+    """Public form of the store's value check, for code that builds batches from other inputs
+    (e.g. the seed-compatible loaders' items): raises ``DataFileError`` naming ``where`` on
+    negative or non-finite values, and on non-integers when ``require_integer``; returns whether
+    every value is an integer."""
+    values = np.asarray(values)
+    _check_dtype_kind(values.dtype, where)
+    return _check_array(values, where, require_integer=require_integer, scope="values")
 
 
 def _check_unique(names: pd.Index, where: str, what: str) -> None:

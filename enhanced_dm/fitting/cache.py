@@ -107,8 +107,8 @@ class StatsCache:
         return self.path(key)
 
 
-def _refuse(path: Path, reason: str) -> None:
-    """Warn that the cache file at ``path`` is ignored and why; the caller refits."""
+def _refuse(path: Path, reason: str) -> dict[str, dict[str, torch.Tensor]] | None:
+    """Warn that the cache file at ``path`` is ignored and why; None tells the caller to refit."""
     warnings.warn(f"statistics cache {path} {reason}; refitting", stacklevel=3)
     return None
 

@@ -321,3 +321,15 @@ def test_input_files_are_opened_read_only_and_left_unchanged(pbmc_copy: Path, ba
         assert handle is not None and handle.mode == "r"
     dm.store.sources[0].close()
     assert digest(pbmc_copy) == before
+
+
+def test_check_values_names_the_place_for_other_inputs() -> None:
+    """The same check, public for batches built from user items (seed-compatible loaders)."""
+    from enhanced_dm.data.store import check_values
+
+    assert check_values(np.array([0.0, 3.0]), "item 0", require_integer=True)
+    assert not check_values(np.array([0.5]), "item 1", require_integer=False)
+    with pytest.raises(DataFileError, match=r"item 2: counts=True but found 1 non-integer"):
+        check_values(np.array([1.5]), "item 2", require_integer=True)
+    with pytest.raises(DataFileError, match=r"item 3: found 1 negative value"):
+        check_values(np.array([-1]), "item 3", require_integer=False)
