@@ -254,9 +254,11 @@ def _print_summary(
     lines.append(f"  run directory: {output_dir}")
     for logger in trainer.loggers if trainer is not None else []:
         lines.append(f"  {type(logger).__name__} logs: {logger.log_dir}")
-    checkpoint = getattr(trainer, "checkpoint_callback", None)
-    if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
-        lines.append(f"  best checkpoint: {checkpoint.best_model_path}")
+    if task == "fit":
+        for callback in trainer.checkpoint_callbacks:
+            kind = "best" if callback.monitor else "last"
+            if callback.best_model_path:
+                lines.append(f"  {kind} checkpoint: {callback.best_model_path}")
     if (output_dir / "predictions.pt").is_file():
         lines.append(f"  predictions: {output_dir / 'predictions.pt'}")
     if report is not None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from enhanced_dm.cli import main
 from tests.helpers import REPO_ROOT
@@ -79,20 +80,30 @@ def test_multirun_sweeps_normalizations(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fit_then_test_and_predict_from_the_checkpoint(tmp_path: Path) -> None:
+def test_fit_then_resume_test_and_predict_from_the_checkpoints(tmp_path: Path) -> None:
     result = enhanced_dm("fit", "trainer.max_epochs=3", "stats_report=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run,) = run_directories(tmp_path / "outputs" / "fit")
     metrics = list(csv.DictReader((run / "csv" / "version_0" / "metrics.csv").open()))
-    assert any(row.get("val/acc") for row in metrics)
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    assert checkpoint.is_file()
-    for task in ("test", "predict"):
-        result = enhanced_dm(task, f"ckpt_path={checkpoint}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-    assert "test/acc" in result.stdout or (run_directories(tmp_path / "outputs" / "predict"))
+    assert sum(1 for row in metrics if row.get("val/acc")) == 3
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 2
+    assert f"last checkpoint: {last}" in result.stdout
+    assert "best checkpoint: " in result.stdout
+
+    resumed = enhanced_dm(
+        "fit", f"ckpt_path={last}", "trainer.max_epochs=4", "stats_report=false", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    tested = enhanced_dm("test", f"ckpt_path={last}", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert "test/acc = " in tested.stdout
+    predicted = enhanced_dm("predict", f"ckpt_path={last}", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
     (predict_run,) = run_directories(tmp_path / "outputs" / "predict")
-    assert (predict_run / "predictions.pt").is_file()
+    predictions = torch.load(predict_run / "predictions.pt")
+    assert sorted(predictions["cell_index_n"].tolist()) == list(range(700))
+    assert predictions["prob_nc"].shape == (700, 10)
 
 
 @pytest.mark.slow
