@@ -16,6 +16,7 @@ when the config is composed, before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import sys
 import time
@@ -96,9 +97,9 @@ def _field_default(default: Any) -> Any:
     if default is inspect.Parameter.empty:
         return dataclasses.field(default=dataclasses.MISSING)
     if isinstance(default, list | tuple):
-        return dataclasses.field(default_factory=lambda value=default: list(value))
+        return dataclasses.field(default_factory=functools.partial(list, default))
     if isinstance(default, dict):
-        return dataclasses.field(default_factory=lambda value=default: dict(value))
+        return dataclasses.field(default_factory=functools.partial(dict, default))
     if default is None or isinstance(default, _SCALARS):
         return dataclasses.field(default=default)
     return dataclasses.field(default=str(default))
@@ -113,7 +114,7 @@ def schema_from_signature(
     DataModules' ``data`` defaults to the ``${data}`` node). ``_convert_="all"`` hands plain lists
     and dicts, not OmegaConf containers, to the constructor.
     """
-    function = target.__init__ if inspect.isclass(target) else target  # type: ignore[misc]
+    function = target.__init__ if inspect.isclass(target) else target
     try:
         hints = typing.get_type_hints(function)
     except Exception:  # annotations naming optional packages cannot always be resolved
@@ -205,8 +206,8 @@ def run(cfg: Any) -> float | None:
     datamodule = instantiate(cfg.datamodule)
     if cfg.task == "stats":
         datamodule.setup("fit")
-        report = write_stats_report(datamodule, output_dir / "stats", cfg.report_max_cells)
-        _print_summary(cfg.task, started, output_dir, None, report)
+        written = write_stats_report(datamodule, output_dir / "stats", cfg.report_max_cells)
+        _print_summary(cfg.task, started, output_dir, None, written)
         return None
 
     model = instantiate(cfg.model)
@@ -225,7 +226,7 @@ def run(cfg: Any) -> float | None:
         outputs = trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path) or []
         merged = {key: torch.cat([batch[key] for batch in outputs]) for key in outputs[0]}
         torch.save(merged, output_dir / "predictions.pt")
-    report = None
+    report: dict[str, Path] | None = None
     if cfg.task == "fit" and cfg.stats_report:
         if trainer.world_size == 1:
             datamodule.reset_normalization_stats()

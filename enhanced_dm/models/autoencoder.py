@@ -50,7 +50,7 @@ class ExpressionAutoencoder(ReferenceModule):
     def _build_decoder(self, n_genes: int) -> None:
         self.hparams["n_genes"] = n_genes
         self.decoder = mlp(
-            self.hparams.latent_dim, self.hidden_dims[::-1], n_genes, self.hparams.dropout
+            self.hparams["latent_dim"], self.hidden_dims[::-1], n_genes, self.hparams["dropout"]
         )
 
     def setup(self, stage: str) -> None:
@@ -70,24 +70,24 @@ class ExpressionAutoencoder(ReferenceModule):
 
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         _, reconstruction_ng = self(batch)
-        return nn.functional.mse_loss(reconstruction_ng, batch[self.hparams.input_key].float())
+        return nn.functional.mse_loss(reconstruction_ng, batch[self.hparams["input_key"]].float())
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.log(
-            "train/loss", loss, prog_bar=True, batch_size=batch[self.hparams.input_key].shape[0]
+            "train/loss", loss, prog_bar=True, batch_size=batch[self.hparams["input_key"]].shape[0]
         )
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch)
-        n_cells = batch[self.hparams.input_key].shape[0]
+        n_cells = batch[self.hparams["input_key"]].shape[0]
         self.log("val/loss", loss, prog_bar=True, batch_size=n_cells, sync_dist=True)
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch)
         self.log(
-            "test/loss", loss, batch_size=batch[self.hparams.input_key].shape[0], sync_dist=True
+            "test/loss", loss, batch_size=batch[self.hparams["input_key"]].shape[0], sync_dist=True
         )
 
     def predict_step(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,7 +24,9 @@ class ReferenceModule(L.LightningModule):
 
     def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The model input: ``x_ng`` and the context features, concatenated."""
-        return input_features(batch, self.hparams.input_key, tuple(self.hparams.context_suffixes))
+        return input_features(
+            batch, self.hparams["input_key"], tuple(self.hparams["context_suffixes"])
+        )
 
     @staticmethod
     def with_cell_index(
@@ -46,7 +49,7 @@ class ReferenceModule(L.LightningModule):
         lazy = any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters())
         if trainer is None or trainer.world_size == 1 or not lazy:
             return
-        datamodule = trainer.datamodule
+        datamodule: Any = getattr(trainer, "datamodule", None)
         batch = datamodule.on_after_batch_transfer(next(iter(datamodule.predict_dataloader())), 0)
         with torch.no_grad():
             self(batch)
@@ -54,8 +57,8 @@ class ReferenceModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
             self.parameters(),
-            lr=self.hparams.learning_rate,
-            weight_decay=self.hparams.weight_decay,
+            lr=self.hparams["learning_rate"],
+            weight_decay=self.hparams["weight_decay"],
         )
 
 

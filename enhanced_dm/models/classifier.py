@@ -59,10 +59,10 @@ class CellTypeClassifier(ReferenceModule):
             raise ConfigError(f"CellTypeClassifier needs at least 2 classes, got {n_classes}")
         self.hparams["n_classes"] = n_classes
         self.network = mlp(
-            self.hparams.input_dim, self.hidden_dims, n_classes, self.hparams.dropout
+            self.hparams["input_dim"], self.hidden_dims, n_classes, self.hparams["dropout"]
         )
         self.loss = nn.CrossEntropyLoss(
-            ignore_index=IGNORE_INDEX, label_smoothing=self.hparams.label_smoothing
+            ignore_index=IGNORE_INDEX, label_smoothing=self.hparams["label_smoothing"]
         )
         metric_options: dict[str, Any] = {"num_classes": n_classes, "ignore_index": IGNORE_INDEX}
         self.val_acc = MulticlassAccuracy(average="micro", **metric_options)
@@ -73,7 +73,7 @@ class CellTypeClassifier(ReferenceModule):
     def setup(self, stage: str) -> None:
         """Size the output layer from the DataModule's category map when ``n_classes`` is None."""
         if self.network is None:
-            names = _class_names_from_datamodule(self, self.hparams.label_key)
+            names = _class_names_from_datamodule(self, self.hparams["label_key"])
             self.hparams["class_names"] = names
             self._build(len(names))
         self.size_lazy_layers_for_ddp()
@@ -88,7 +88,7 @@ class CellTypeClassifier(ReferenceModule):
         return self.network(self.features(batch))
 
     def _labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        key = self.hparams.label_key
+        key = self.hparams["label_key"]
         if key not in batch:
             raise ConfigError(
                 f"the batch has no {key!r} (keys: {sorted(batch)}); set the DataModule's "
