@@ -23,6 +23,11 @@ class CountTotalsMetric(GroupedMomentsMetric):
     A group without counts keeps ``fitted_b`` false and uses the global statistics.
     """
 
+    count: torch.Tensor
+    count_b: torch.Tensor
+    sum_g: torch.Tensor
+    sum_bg: torch.Tensor
+
     def __init__(
         self,
         n_features: int,

@@ -101,6 +101,11 @@ class CellSubsampleMetric(Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
+    # Lists while updating; torchmetrics turns each into one tensor after a DDP gather, which
+    # the readers below accept too.
+    values_kg: list[torch.Tensor]
+    priority_k: list[torch.Tensor]
+    group_k: list[torch.Tensor]
 
     def __init__(
         self,

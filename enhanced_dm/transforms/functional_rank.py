@@ -16,6 +16,7 @@ from enhanced_dm.errors import DataFileError
 __all__ = [
     "BOUNDS_THRESHOLD",
     "NORMAL_CLIP",
+    "OutputDistribution",
     "pearson_residuals",
     "quantile_map",
     "quantile_references",

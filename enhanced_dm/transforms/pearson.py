@@ -41,6 +41,12 @@ class PearsonResiduals(FittableTransform):
     counts use the global statistics.
     """
 
+    gene_fraction_g: torch.Tensor
+    n_cells: torch.Tensor
+    gene_fraction_bg: torch.Tensor
+    n_cells_b: torch.Tensor
+    fitted_b: torch.Tensor
+
     def __init__(
         self,
         n_genes: int,
@@ -82,7 +88,7 @@ class PearsonResiduals(FittableTransform):
 
     def fit_metric(self) -> CountTotalsMetric:
         return CountTotalsMetric(
-            self.gene_fraction_g.shape[0],
+            int(self.gene_fraction_g.shape[0]),
             self.n_groups,
             self.counts_key,
             self.group_key,
@@ -110,7 +116,8 @@ class PearsonResiduals(FittableTransform):
             return {
                 self.key: R.pearson_residuals(counts_ng, self.gene_fraction_g, self.theta, clip)
             }
-        group_n = batch[self.group_key]  # type: ignore[index]
+        assert self.group_key is not None
+        group_n = batch[self.group_key]
         fraction_ng = F.gather_group_rows(
             self.gene_fraction_bg, self.gene_fraction_g, group_n, self.fitted_b
         )

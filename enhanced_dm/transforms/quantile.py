@@ -34,13 +34,19 @@ class QuantileNormalize(FittableTransform):
     group), resized when fitted; memory ``(1 + n_groups) x n_genes x K`` float32.
     """
 
+    quantiles_gq: torch.Tensor
+    references_q: torch.Tensor
+    quantiles_bgq: torch.Tensor
+    references_bq: torch.Tensor
+    fitted_b: torch.Tensor
+
     def __init__(
         self,
         n_genes: int,
         n_groups: int = 0,
         group_key: str | None = None,
         n_quantiles: int = 1000,
-        output_distribution: str = "normal",
+        output_distribution: R.OutputDistribution = "normal",
         stats_max_cells: int = 100_000,
         seed: int = 0,
         key: str = "x_ng",
@@ -81,7 +87,7 @@ class QuantileNormalize(FittableTransform):
 
     def fit_metric(self) -> QuantileStatsMetric:
         return QuantileStatsMetric(
-            self.quantiles_gq.shape[0],
+            int(self.quantiles_gq.shape[0]),
             n_quantiles=self.n_quantiles,
             max_cells=self.stats_max_cells,
             seed=self.seed,
@@ -112,8 +118,9 @@ class QuantileNormalize(FittableTransform):
         if self.n_groups == 0:
             return {
                 self.key: R.quantile_map(x_ng, self.quantiles_gq, self.references_q, distribution)
-            }  # type: ignore[arg-type]
-        group_n = batch[self.group_key]  # type: ignore[index]
+            }
+        assert self.group_key is not None
+        group_n = batch[self.group_key]
         own_n = F.gather_group_rows(
             torch.arange(self.n_groups, device=x_ng.device).unsqueeze(1),
             torch.full((1,), -1, device=x_ng.device),
@@ -127,7 +134,7 @@ class QuantileNormalize(FittableTransform):
                 quantiles_gq, references_q = self.quantiles_gq, self.references_q
             else:
                 quantiles_gq, references_q = self.quantiles_bgq[group], self.references_bq[group]
-            y_ng[rows] = R.quantile_map(x_ng[rows], quantiles_gq, references_q, distribution)  # type: ignore[arg-type]
+            y_ng[rows] = R.quantile_map(x_ng[rows], quantiles_gq, references_q, distribution)
         return {self.key: y_ng}
 
     def __repr__(self) -> str:

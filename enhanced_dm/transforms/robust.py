@@ -36,6 +36,12 @@ class RobustScale(CenterScaleTransform):
     use the global statistics.
     """
 
+    center_g: torch.Tensor
+    scale_g: torch.Tensor
+    center_bg: torch.Tensor
+    scale_bg: torch.Tensor
+    fitted_b: torch.Tensor
+
     def __init__(
         self,
         n_genes: int,
@@ -55,7 +61,7 @@ class RobustScale(CenterScaleTransform):
 
     def fit_metric(self) -> RobustStatsMetric:
         return RobustStatsMetric(
-            self.center_g.shape[0],
+            int(self.center_g.shape[0]),
             max_cells=self.stats_max_cells,
             seed=self.seed,
             key=self.key,
