@@ -52,7 +52,7 @@ def gene_subset() -> tuple[list[str], np.ndarray]:
     return names, columns
 
 
-@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("grouped", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_robust_through_the_datamodule(grouped: bool) -> None:
     """Against numpy on the DataModule's own log-normalized input (``normalization_type="none"``),
     which differs from scanpy's float32 matrix by an ulp: the MAD of a difference of values turns
@@ -66,7 +66,7 @@ def test_robust_through_the_datamodule(grouped: bool) -> None:
     assert_robust_close(x, log_input, codes)
 
 
-@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("grouped", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_quantile_through_the_datamodule(grouped: bool) -> None:
     """Against sklearn on the DataModule's own log-normalized input: an ulp of difference from
     scanpy's matrix can tie or untie two values, which moves them by up to a tie's width."""
@@ -79,7 +79,7 @@ def test_quantile_through_the_datamodule(grouped: bool) -> None:
     assert np.abs(x - expected)[untied(log_input, codes)].max() <= 1e-3
 
 
-@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("grouped", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_pearson_through_the_datamodule(grouped: bool) -> None:
     options = dict(batch_key="batch", batch_aware_normalization=True) if grouped else {}
     names, columns = gene_subset()  # scanpy sums each cell over the matrix's genes, as we do
