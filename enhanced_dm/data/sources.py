@@ -259,7 +259,7 @@ def _file_fingerprint(path: Path) -> str:
 def _matrix_fingerprint(matrix: sp.csr_matrix) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for array in (matrix.indptr, matrix.indices, matrix.data):
-        digest.update(np.ascontiguousarray(array).view(np.uint8))
+        digest.update(np.ascontiguousarray(array).tobytes())
     return f"{matrix.shape}:{digest.hexdigest()}"
 
 

@@ -21,6 +21,12 @@ class GroupedMomentsMetric(Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
+    count: torch.Tensor
+    sum_g: torch.Tensor
+    sumsq_g: torch.Tensor
+    count_b: torch.Tensor
+    sum_bg: torch.Tensor
+    sumsq_bg: torch.Tensor
 
     def __init__(
         self, n_features: int, n_groups: int = 0, key: str = "x_ng", group_key: str | None = None

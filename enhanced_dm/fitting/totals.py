@@ -22,6 +22,7 @@ class MedianTotalMetric(Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
+    totals: list[torch.Tensor]
 
     def __init__(self, key: str = "total_counts_n") -> None:
         super().__init__()

@@ -88,7 +88,8 @@ class Pipeline(nn.ModuleList):
 
     def named_transforms(self) -> list[tuple[str, Transform]]:
         """(name, transform) pairs in pipeline order."""
-        return list(zip(self.names, self, strict=True))
+        transforms: list[Transform] = list(self)  # type: ignore[arg-type]
+        return list(zip(self.names, transforms, strict=True))
 
     def forward(
         self,

@@ -23,6 +23,12 @@ class CenterScaleTransform(FittableTransform):
     into ``center``/``scale`` (``_center_scale``).
     """
 
+    center_g: torch.Tensor
+    scale_g: torch.Tensor
+    center_bg: torch.Tensor
+    scale_bg: torch.Tensor
+    fitted_b: torch.Tensor
+
     def __init__(
         self,
         n_genes: int,

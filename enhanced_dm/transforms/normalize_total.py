@@ -25,6 +25,8 @@ class NormalizeTotal(FittableTransform):
     median form needs fitting; a numeric target is ready at construction.
     """
 
+    target_sum: torch.Tensor
+
     def __init__(
         self, target_sum: float | str = 1e4, key: str = "x_ng", total_key: str = "total_counts_n"
     ) -> None:
