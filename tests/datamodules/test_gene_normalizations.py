@@ -10,6 +10,7 @@ import pytest
 
 from enhanced_dm import BaseEnhancedDataModule
 from enhanced_dm.errors import ConfigError, DataFileError
+from tests.datamodules.test_base import predicted_x
 from tests.helpers import shared_data
 from tests.transforms.gene_normalization_helpers import (
     WU2020,
@@ -31,18 +32,6 @@ N_GENES = 500  # the most-detected genes: the oracles (sklearn loops over genes)
 def make_dm(**options) -> BaseEnhancedDataModule:  # type: ignore[no-untyped-def]
     defaults = dict(data=shared_data(WU2020), val_fraction=0.0, batch_size=128, progress=False)
     return BaseEnhancedDataModule(**{**defaults, **options})
-
-
-def predicted_x(dm: BaseEnhancedDataModule) -> np.ndarray:
-    """x_ng of every cell through predict_dataloader(), in cell order."""
-    dm.setup("predict")
-    parts, order = [], []
-    for batch in dm.predict_dataloader():
-        out = dm.on_after_batch_transfer(batch, 0)
-        parts.append(out["x_ng"].numpy())
-        order.append(out["cell_index_n"].numpy())
-    assert np.concatenate(order).tolist() == list(range(sum(len(o) for o in order)))
-    return np.concatenate(parts)
 
 
 def gene_subset() -> tuple[list[str], np.ndarray]:
