@@ -9,7 +9,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import anndata
 import numpy as np
@@ -29,7 +29,7 @@ VALUE_CHECK_MAX_VALUES = 1_000_000
 # torch marks sparse CSR as beta on every construction; the layout is used on purpose here.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-DataInput = (
+DataInput: TypeAlias = (
     str | os.PathLike[str] | anndata.AnnData | Sequence[str | os.PathLike[str] | anndata.AnnData]
 )
 
@@ -280,6 +280,9 @@ class CellStore:
                 )
             )
             integer &= source_integer
+            # Do not leave a handle open in the main process for forked DataLoader workers to
+            # inherit; reads reopen lazily.
+            source.close()
         is_counts = bool(integer) if counts == "auto" else bool(counts)
         described = "; ".join(check.describe() for check in self.value_checks)
         if counts == "auto":
