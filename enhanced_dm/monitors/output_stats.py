@@ -28,8 +28,12 @@ class OutputStatsMetric(Metric):
         scalar = torch.zeros((), dtype=torch.float64)
         for name in ("cells", "values", "total", "total_sq", "zeros", "nonfinite", "clipped"):
             self.add_state(name, scalar.clone(), dist_reduce_fx="sum")
-        self.add_state("minimum", torch.tensor(float("inf"), dtype=torch.float64), dist_reduce_fx="min")
-        self.add_state("maximum", torch.tensor(float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
+        self.add_state(
+            "minimum", torch.tensor(float("inf"), dtype=torch.float64), dist_reduce_fx="min"
+        )
+        self.add_state(
+            "maximum", torch.tensor(float("-inf"), dtype=torch.float64), dist_reduce_fx="max"
+        )
 
     def update(self, values: torch.Tensor) -> None:
         values = values.detach()
