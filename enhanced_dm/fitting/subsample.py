@@ -17,7 +17,11 @@ where :math:`F` is the distribution over all train cells. Sampling without repla
 finite train set only tightens it (Hoeffding 1963, Serfling 1974). So a fitted :math:`r`-quantile
 (and the median, :math:`r = 1/2`) has a train-set rank within :math:`r \pm (\varepsilon + 1/m)`
 with probability :math:`1 - \alpha` per gene: :math:`m = 10^5` gives :math:`\varepsilon = 0.0061`
-at :math:`\alpha = 10^{-3}`. :func:`dkw_epsilon` computes it.
+at :math:`\alpha = 10^{-3}`. :func:`dkw_epsilon` computes it. Per group the subsample is the
+group's share of the same cells, so :math:`m` is that group's count in it; a group with no cell in
+the subsample (possible only above ``max_cells``) is left unfitted and falls back to the global
+statistics. The fitting pass must present every train cell once (as the fitting driver does):
+a repeated cell index would be kept twice.
 
 Memory: the kept rows, ``max_cells x n_genes`` float32 (100,000 x 2,000 genes = 800 MB), plus one
 int64 priority and one group code per kept cell; the subsample is never copied whole (rows are

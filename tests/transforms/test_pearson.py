@@ -75,3 +75,15 @@ def test_pearson_accepts_integer_valued_floats_and_unseen_counts() -> None:
     z = transform({"counts_ng": unseen})["x_ng"]
     assert float(z[0, zero_gene]) == pytest.approx(np.sqrt(len(x)))
     assert torch.isfinite(z).all()
+
+
+def test_pearson_group_without_train_cells_uses_global_totals() -> None:
+    x = counts()[:, :300]
+    codes = np.where(np.arange(len(x)) % 2 == 0, 0, 1)
+    grouped = PearsonResiduals(x.shape[1], 3, "batch_n")
+    fit_and_apply(grouped, {"counts_ng": x, "batch_n": codes})
+    assert grouped.fitted_b.tolist() == [True, True, False]
+    global_only = PearsonResiduals(x.shape[1])
+    fit_and_apply(global_only, {"counts_ng": x})
+    batch = {"counts_ng": torch.from_numpy(x[:4]), "batch_n": torch.tensor([2, -1, 2, -1])}
+    torch.testing.assert_close(grouped(batch)["x_ng"], global_only(batch)["x_ng"])
