@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from enhanced_dm.data.collate import CellDataset, collate_cells
+from enhanced_dm.data.store import check_values
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 from enhanced_dm.errors import ConfigError
 
@@ -83,6 +84,7 @@ class EnhancedCollateLoader:
                 f"has {len(self.var_names)} (loader.var_names)"
             )
         store = self.datamodule._require_store()
+        check_values(row.data, f"item {position}", require_integer=store.is_counts)
         values = torch.from_numpy(row.data).to(torch.int32 if store.is_counts else torch.float32)
         batch = {
             "counts_ng": torch.sparse_csr_tensor(

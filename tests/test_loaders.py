@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from enhanced_dm import BaseEnhancedDataModule, BaseEnhancedLoader, ConfigError
+from enhanced_dm import BaseEnhancedDataModule, BaseEnhancedLoader, ConfigError, DataFileError
 from tests.helpers import shared_data
 
 PBMC = "singlecell/pbmc68k_reduced_counts.h5ad"
@@ -43,5 +43,9 @@ def test_collate_loader_refuses_wrong_gene_count_and_missing_data() -> None:
     loader = BaseEnhancedLoader(data=shared_data(PBMC), progress=False)
     with pytest.raises(ConfigError, match="genes"):
         loader([np.zeros(3)])
+    with pytest.raises(DataFileError, match="item 0"):
+        loader([np.full(len(loader.var_names), 0.5)])  # the data are counts: fractions refused
+    with pytest.raises(DataFileError, match="negative"):
+        loader([-np.ones(len(loader.var_names))])
     with pytest.raises(ConfigError, match="needs data="):
         BaseEnhancedLoader(cfg={})
