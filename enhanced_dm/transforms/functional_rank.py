@@ -25,6 +25,8 @@ __all__ = [
 
 OutputDistribution = Literal["normal", "uniform"]
 
+_MAP_CHUNK_ELEMENTS = 1 << 22
+
 BOUNDS_THRESHOLD = 1e-7
 """scikit-learn's ``BOUNDS_THRESHOLD``: values this close to the fitted range's ends go to the ends."""
 
@@ -80,10 +82,12 @@ def quantile_map(
 
     :math:`q_g` are the fitted quantiles of gene :math:`g` at levels :math:`r` (``references_q``,
     ascending from 0 to 1, or the single level 0 as sklearn fits on one cell; trailing copies of
-    the last quantile and level are allowed, as padding). This is ``sklearn.preprocessing.QuantileTransformer.transform``: interpolation from
-    below and from above averaged (a value tied with several quantiles gets the middle of their
-    levels), values within ``1e-7`` of the lowest (highest) quantile set to level 0 (1) for the
-    normal output, exact ends for the uniform output, then ``norm.ppf`` and the clip. The level
+    the last quantile and level are allowed, as padding). This is
+    ``sklearn.preprocessing.QuantileTransformer.transform``: interpolation from below and from
+    above averaged (a value tied with several quantiles gets the middle of their levels), values
+    within ``1e-7`` of the lowest (highest) quantile set to level 0 (1) for the normal output,
+    exact ends for the uniform output, then ``norm.ppf`` and the clip. So, as in sklearn, every
+    value at a gene's minimum (the zeros of a gene not detected in every cell) maps to -5.1993. The level
     and its complement :math:`1 - u` are interpolated separately and :math:`\Phi^{-1}` is
     evaluated on the smaller one (``torch.special.ndtri``), so float32 keeps the tails sklearn
     computes in float64.
@@ -92,12 +96,36 @@ def quantile_map(
         raise ValueError(
             f"output_distribution must be 'normal' or 'uniform', got {output_distribution!r}"
         )
-    x_gn = x_ng.to(torch.float32).t().contiguous()
-    quantiles_gq = quantiles_gq.to(device=x_gn.device, dtype=torch.float32).contiguous()
-    n_levels = quantiles_gq.shape[1]
-    references_q = references_q.to(x_gn.device, torch.float64)
+    x_ng = x_ng.to(torch.float32)
+    quantiles_gq = quantiles_gq.to(device=x_ng.device, dtype=torch.float32)
+    references_q = references_q.to(x_ng.device, torch.float64)
     complements_q = (1.0 - references_q).to(torch.float32)
     references_q = references_q.to(torch.float32)
+    y_ng = torch.empty_like(x_ng)
+    # About a dozen temporaries per value: gene chunks of ~4 M values bound them (~200 MB).
+    width = max(1, _MAP_CHUNK_ELEMENTS // max(1, x_ng.shape[0]))
+    for start in range(0, x_ng.shape[1], width):
+        genes = slice(start, start + width)
+        y_gn = _quantile_map_genes(
+            x_ng[:, genes].t().contiguous(),
+            quantiles_gq[genes].contiguous(),
+            references_q,
+            complements_q,
+            output_distribution,
+        )
+        y_ng[:, genes] = y_gn.t()
+    return y_ng
+
+
+def _quantile_map_genes(
+    x_gn: torch.Tensor,
+    quantiles_gq: torch.Tensor,
+    references_q: torch.Tensor,
+    complements_q: torch.Tensor,
+    output_distribution: OutputDistribution,
+) -> torch.Tensor:
+    """:func:`quantile_map` on genes x cells, levels and complements already float32."""
+    n_levels = quantiles_gq.shape[1]
     first_g1, last_g1 = quantiles_gq[:, :1], quantiles_gq[:, -1:]
 
     # np.interp(x, q, r): the last segment whose left end is <= x.
@@ -140,11 +168,10 @@ def quantile_map(
     complement = torch.where(at_bottom, one, torch.where(at_top, zero, complement))
 
     if output_distribution == "uniform":
-        return level.t().contiguous()
-    normal = torch.where(
+        return level
+    return torch.where(
         level < 0.5, torch.special.ndtri(level), -torch.special.ndtri(complement)
     ).clamp(-NORMAL_CLIP, NORMAL_CLIP)
-    return normal.t().contiguous()
 
 
 def require_counts(counts_ng: torch.Tensor, what: str, key: str = "counts_ng") -> None:

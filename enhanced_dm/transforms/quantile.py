@@ -25,7 +25,9 @@ class QuantileNormalize(FittableTransform):
     ``sklearn.preprocessing.QuantileTransformer(n_quantiles, output_distribution)`` fitted on the
     train split and applied to every cell, with its tie and bound handling
     (:func:`~enhanced_dm.transforms.functional_rank.quantile_map`). ``K = min(n_quantiles, cells)``
-    as in sklearn. The quantiles come from :class:`~enhanced_dm.fitting.rank_stats.QuantileStatsMetric`:
+    as in sklearn. Note sklearn's bound rule: every value at a gene's minimum (on sparse data, all
+    the zeros of a gene not detected in every cell, however many) maps to -5.1993 with the normal
+    output, not to the middle of the zeros' levels; we keep it for fidelity. The quantiles come from :class:`~enhanced_dm.fitting.rank_stats.QuantileStatsMetric`:
     exact on up to ``stats_max_cells`` train cells, a seeded uniform subsample above that, with
     the DKW bound of :mod:`enhanced_dm.fitting.subsample` (sklearn's own ``subsample=10_000`` is a
     random subsample too). Per group (``group_key``), each group has its own quantiles, fitted on
