@@ -284,11 +284,6 @@ def test_several_backed_files_work_under_ddp(ranks: Any) -> None:
     assert sorted(cells) == sorted(first["split"]["train"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CellStore.__init__ opens every backed file to check its values and leaves the handles "
-    "open outside the max_open_files LRU (enhanced_dm/data/store.py), so 3 files stay open",
-)
 def test_open_file_handles_stay_within_the_bound(ranks: Any) -> None:
     _, reports = ranks
     assert all(report["files_open_handles"] <= 2 for report in reports)
