@@ -473,7 +473,8 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             # The epoch the fit loop runs next: a DataLoader with workers draws from the sampler
             # as soon as it is iterated, before Lightning's set_epoch.
             if self.trainer is not None:
-                sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+                progress: Any = self.trainer.fit_loop.epoch_progress.current
+                sampler.set_epoch(progress.processed)  # the epoch Lightning's set_epoch will name
             elif self._train_sampler is not None:
                 sampler.set_epoch(self._train_sampler.epoch)
             if self._pending_sampler_state is not None:
@@ -558,10 +559,12 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return state
-        epoch_progress = trainer.fit_loop.epoch_progress.current
+        # Lightning types both trackers as their base class; they count processed items too.
+        epoch_progress: Any = trainer.fit_loop.epoch_progress.current
+        batch_progress: Any = trainer.fit_loop.epoch_loop.batch_progress.current
         epoch, done = epoch_progress.processed, 0
         if epoch_progress.started > epoch_progress.processed:  # inside an epoch
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            done = batch_progress.processed
             if done >= trainer.num_training_batches:
                 epoch, done = epoch + 1, 0
         return {**state, "epoch": epoch, "start_batch": done}
