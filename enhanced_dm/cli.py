@@ -225,7 +225,11 @@ def run(cfg: Any) -> float | None:
     elif cfg.task == "predict":
         outputs = trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path) or []
         merged = {key: torch.cat([batch[key] for batch in outputs]) for key in outputs[0]}
-        torch.save(merged, output_dir / "predictions.pt")
+        # Under DDP each rank predicts its own shard of the cells (cell_index_n says which).
+        name = (
+            "predictions.pt" if trainer.world_size == 1 else f"predictions_{trainer.global_rank}.pt"
+        )
+        torch.save(merged, output_dir / name)
     report: dict[str, Path] | None = None
     if cfg.task == "fit" and cfg.stats_report:
         if trainer.world_size == 1:
@@ -260,8 +264,7 @@ def _print_summary(
             kind = "best" if callback.monitor else "last"
             if callback.best_model_path:
                 lines.append(f"  {kind} checkpoint: {callback.best_model_path}")
-    if (output_dir / "predictions.pt").is_file():
-        lines.append(f"  predictions: {output_dir / 'predictions.pt'}")
+    lines += [f"  predictions: {path}" for path in sorted(output_dir.glob("predictions*.pt"))]
     if report is not None:
         lines.append(f"  statistics: {report['statistics']}")
         lines.append(f"  per-gene table: {report['genes']}")
