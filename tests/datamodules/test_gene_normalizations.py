@@ -99,6 +99,15 @@ def test_options_reach_the_transforms() -> None:
     quantile = dict(dm.pipeline.named_transforms())["quantile"]
     assert (quantile.n_quantiles, quantile.output_distribution) == (50, "uniform")
     assert quantile.quantiles_gq.shape == (N_GENES, 50)
+    dm = make_dm(
+        normalization_type="pearson",
+        per_cell_normalization=False,
+        normalization_options={"theta": 10.0, "clip": 4.0},
+        genes=gene_subset()[0],
+    )
+    dm.setup("fit")
+    pearson = dict(dm.pipeline.named_transforms())["pearson"]
+    assert (pearson.theta, pearson.clip) == (10.0, 4.0)
 
 
 @pytest.mark.filterwarnings("ignore:normalization_type='pearson' expects raw integer counts")
