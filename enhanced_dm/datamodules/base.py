@@ -509,6 +509,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         training = bool(self.trainer is not None and self.trainer.training)
         self.pipeline.train(training)
         with torch.no_grad():
+            self.monitor.observe_input(batch)
             out = self.pipeline(batch, on_output=self.monitor.observe)
         self.monitor.check_finite()
         return out

@@ -33,13 +33,30 @@ class InputStatsMetric(Metric):
         )
 
     def update(self, counts_ng: torch.Tensor) -> None:
+        """Add a count batch, sparse CSR (read from its stored values only) or dense."""
         counts_ng = counts_ng.detach()
-        nonzero_ng = counts_ng != 0
+        n_cells, n_genes = counts_ng.shape
         if self.nonzero_cells_g.numel() == 0:
             self.nonzero_cells_g = torch.zeros(
-                counts_ng.shape[-1], dtype=torch.float64, device=counts_ng.device
+                n_genes, dtype=torch.float64, device=counts_ng.device
             )
-        self.cells += counts_ng.shape[0]
+        self.cells += n_cells
+        if counts_ng.layout == torch.sparse_csr:
+            nonzero = counts_ng.values() != 0
+            rows = torch.repeat_interleave(
+                torch.arange(n_cells, device=nonzero.device),
+                counts_ng.crow_indices().diff(),
+                output_size=nonzero.numel(),
+            )
+            nonzero_per_cell = torch.zeros(n_cells, device=nonzero.device).index_add_(
+                0, rows, nonzero.to(torch.float32)
+            )
+            self.zero_count_cells += (nonzero_per_cell == 0).sum()
+            self.nonzero_cells_g += torch.bincount(
+                counts_ng.col_indices()[nonzero].to(torch.int64), minlength=n_genes
+            )
+            return
+        nonzero_ng = counts_ng != 0
         self.zero_count_cells += (~nonzero_ng.any(dim=-1)).sum()
         self.nonzero_cells_g += nonzero_ng.sum(dim=0)
 

@@ -25,6 +25,7 @@ class OutputStatsMetric(Metric):
     def __init__(self, clip_value: float | None = None) -> None:
         super().__init__()
         self.clip_value = clip_value
+        self.last_had_nonfinite = False
         scalar = torch.zeros((), dtype=torch.float64)
         for name in ("cells", "values", "total", "total_sq", "zeros", "nonfinite", "clipped"):
             self.add_state(name, scalar.clone(), dist_reduce_fx="sum")
@@ -36,6 +37,8 @@ class OutputStatsMetric(Metric):
         )
 
     def update(self, values: torch.Tensor) -> None:
+        """Add a batch. ``last_had_nonfinite`` then says whether it held NaN/inf (known from the
+        sum anyway, so the NaN guard needs no extra pass; torchmetrics drops return values)."""
         values = values.detach()
         if values.layout == torch.sparse_csr:
             stored = values.values()
@@ -47,7 +50,8 @@ class OutputStatsMetric(Metric):
             stored = stored.to(torch.float32)
         self.cells += values.shape[0] if values.dim() else 1
         total = stored.sum(dtype=torch.float64)
-        if not bool(torch.isfinite(total)):  # rare: drop NaN/inf before the moments
+        self.last_had_nonfinite = not bool(torch.isfinite(total))
+        if self.last_had_nonfinite:  # rare: drop NaN/inf before the moments
             finite = torch.isfinite(stored)
             self.nonfinite += stored.numel() - finite.sum()
             stored = stored[finite]

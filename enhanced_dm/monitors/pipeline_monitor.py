@@ -21,12 +21,12 @@ NanPolicy = Literal["raise", "warn", "ignore"]
 class PipelineMonitor(nn.Module):
     """Watches the output of every transform of a pipeline.
 
-    ``observe`` is the pipeline's ``on_output`` hook: it updates the step's metric (never logs)
-    and, for the step that writes the dense ``counts_ng`` (densify), the input summary
-    (:class:`InputStatsMetric`), whose ``zero_count_cells`` and ``all_zero_genes`` are added to
-    that step's entry of ``compute()`` (so every entry stays keyed by a transform name).
-    Every floating tensor a step writes is checked for NaN/inf, not only its ``output_key``.
-    ``check_finite`` applies ``nan_policy`` once per batch with a single device sync:
+    ``observe_input`` summarizes the raw counts (:class:`InputStatsMetric`); its
+    ``zero_count_cells`` and ``all_zero_genes`` are added to the first step's entry of
+    ``compute()`` (so every entry stays keyed by a transform name). ``observe`` is the pipeline's
+    ``on_output`` hook: it updates the step's metric (never logs). Every floating tensor a step
+    writes is checked for NaN/inf, not only its ``output_key`` (whose check comes free with its
+    statistics). ``check_finite`` applies ``nan_policy`` once per batch:
     ``"raise"`` fails naming the first transform (and key) that produced NaN/inf, ``"warn"`` warns
     and goes on, ``"ignore"`` skips the check (the counts in the statistics are still kept).
     """
@@ -40,40 +40,51 @@ class PipelineMonitor(nn.Module):
         self.nan_policy = nan_policy
         # A list, not a ModuleDict: transform names are free text and may clash with nn.Module
         # attributes ("double", "train", "to", ...).
-        self.names = [name for name, _ in pipeline.named_transforms()]
-        self.step_metrics = nn.ModuleList(
-            [
-                OutputStatsMetric(transform.clip_value)
-                for _, transform in pipeline.named_transforms()
-            ]
-        )
+        watched = [(name, t) for name, t in pipeline.named_transforms() if t.monitored]
+        self.names = [name for name, _ in watched]
+        self.step_metrics = nn.ModuleList([OutputStatsMetric(t.clip_value) for _, t in watched])
         self._index = {name: index for index, name in enumerate(self.names)}
         self.input_metric = InputStatsMetric(n_genes)
         self._input_step: str | None = None
-        self._nonfinite: list[tuple[str, str, torch.Tensor]] = []
+        self._nonfinite: list[tuple[str, str]] = []
+
+    def observe_input(self, batch: Batch) -> None:
+        """Summarize the raw counts entering the pipeline (zero-count cells, all-zero genes).
+
+        Reported under the first step's name; sparse batches are read from their stored values.
+        """
+        counts_ng = batch.get("counts_ng")
+        if counts_ng is not None and self.names:
+            self.input_metric.update(counts_ng)
+            self._input_step = self.names[0]
 
     def observe(self, name: str, transform: Transform, out: Batch) -> None:
-        counts_ng = out.get("counts_ng")
-        if counts_ng is not None and counts_ng.layout == torch.strided:
-            self.input_metric.update(counts_ng)
-            self._input_step = name
+        if not transform.monitored:
+            return
         values = out.get(transform.output_key)
-        if values is not None and torch.is_floating_point(values):
-            self.step_metrics[self._index[name]].update(values)
+        watched = values is not None and torch.is_floating_point(values)
+        if watched:
+            metric = self.step_metrics[self._index[name]]
+            metric.update(values)
+            if metric.last_had_nonfinite and self.nan_policy != "ignore":
+                self._nonfinite.append((name, transform.output_key))
         if self.nan_policy == "ignore":
             return
         for key, tensor in out.items():
+            if key == transform.output_key and watched:
+                continue
             if torch.is_tensor(tensor) and torch.is_floating_point(tensor):
-                if tensor.layout != torch.strided:
-                    tensor = tensor.values()
-                self._nonfinite.append((name, key, (~torch.isfinite(tensor)).any()))
+                stored = tensor.values() if tensor.layout != torch.strided else tensor
+                # A sum is NaN/inf exactly when a value is (float64: no overflow from float32).
+                if not bool(torch.isfinite(stored.sum(dtype=torch.float64))):
+                    self._nonfinite.append((name, key))
 
     def check_finite(self) -> None:
-        """Apply ``nan_policy`` to the steps observed since the last call (one device sync)."""
-        flags, self._nonfinite = self._nonfinite, []
-        if not flags or not bool(torch.stack([flag for _, _, flag in flags]).any()):
+        """Apply ``nan_policy`` to the steps observed since the last call."""
+        flagged, self._nonfinite = self._nonfinite, []
+        if not flagged:
             return
-        culprit, key, _ = next(entry for entry in flags if bool(entry[2]))
+        culprit, key = flagged[0]
         source = (
             "the input batch already held them (check the data file)"
             if self.names and culprit == self.names[0]

@@ -17,11 +17,13 @@ class Transform(nn.Module):
     """A step of the pipeline: reads keys of the batch and returns only the keys it writes.
 
     Subclasses implement ``forward(batch) -> dict``. ``output_key`` names the tensor that monitors
-    watch; ``clip_value`` (when not None) lets monitors count clipped values.
+    watch; ``clip_value`` (when not None) lets monitors count clipped values; ``monitored=False``
+    marks steps that change only the layout, whose statistics would repeat the previous step's.
     """
 
     output_key: str = "x_ng"
     clip_value: float | None = None
+    monitored: bool = True
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:  # pragma: no cover - abstract
         raise NotImplementedError

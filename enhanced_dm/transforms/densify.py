@@ -35,6 +35,8 @@ class Densify(Transform):
 class DensifyExpression(Transform):
     """Make ``x_ng`` dense (after the per-cell steps, before gene-wise ones and the model)."""
 
+    monitored = False  # same values as the step before, in another layout
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
         return {"x_ng": F.densify(batch["x_ng"])}
 
