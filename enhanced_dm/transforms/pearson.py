@@ -64,7 +64,6 @@ class PearsonResiduals(FittableTransform):
             raise ConfigError(f"Pearson residuals need clip >= 0 or clip=None, got {clip!r}")
         self.theta = float(theta)
         self.clip = None if clip is None else float(clip)
-        self.clip_value = self.clip
         self.counts_key = counts_key
         self.key = key
         self.output_key = key
@@ -96,14 +95,18 @@ class PearsonResiduals(FittableTransform):
         )
 
     def load_fitted(self, state: Mapping[str, torch.Tensor]) -> None:
-        for name, buffer in self.named_buffers():
-            buffer.copy_(state[name])
-        self.fitted = True
-        if self.clip is None:
-            self.clip_value = math.sqrt(float(self.n_cells))
+        """The metric's result is named after the buffers, so it restores like a saved state."""
+        self.restore_fitted(state)
 
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {name: buffer.detach().cpu().clone() for name, buffer in self.named_buffers()}
+    @property
+    def clip_value(self) -> float | None:  # type: ignore[override]
+        r"""The clip bound monitors count against: ``clip``, or :math:`\sqrt{N}` once fitted
+        without groups (per group the bound differs by group, so none is reported)."""
+        if self.clip is not None:
+            return self.clip
+        if self.fitted and self.n_groups == 0:
+            return math.sqrt(float(self.n_cells))
+        return None
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
         if not self.fitted:

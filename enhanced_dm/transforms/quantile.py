@@ -99,6 +99,14 @@ class QuantileNormalize(FittableTransform):
         )
 
     def load_fitted(self, state: Mapping[str, torch.Tensor]) -> None:
+        n_genes, n_groups = self.quantiles_gq.shape[0], self.n_groups
+        if state["quantiles_gq"].shape[0] != n_genes or (
+            n_groups and state["quantiles_bgq"].shape[:2] != (n_groups, n_genes)
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: saved quantiles do not fit this transform "
+                f"({n_genes} genes, {n_groups} groups): another configuration or gene space?"
+            )
         device = self.quantiles_gq.device
         self.quantiles_gq = state["quantiles_gq"].to(device, torch.float32)
         self.references_q = state["references_q"].to(device, torch.float64)
@@ -109,8 +117,9 @@ class QuantileNormalize(FittableTransform):
             self.fitted_b = fitted_b.to(device)
         self.fitted = True
 
-    def fitted_state(self) -> dict[str, torch.Tensor]:
-        return {name: buffer.detach().cpu().clone() for name, buffer in self.named_buffers()}
+    def restore_fitted(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Buffers saved by ``fitted_state()``; their number of levels is that of the fit."""
+        self.load_fitted(state)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
         if not self.fitted:
