@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from enhanced_dm import BaseEnhancedDataModule
+from enhanced_dm.datamodules import base as datamodule_base
 from enhanced_dm.errors import ConfigError, DataFileError
 from tests.datamodules.test_base import predicted_x
 from tests.helpers import shared_data
@@ -125,15 +126,24 @@ def test_pearson_refuses_per_cell_normalization_and_fpkm() -> None:
         dm.setup("fit")
 
 
-def test_a_robust_cache_is_never_reused_by_quantile(tmp_path: Path) -> None:
+def test_a_robust_cache_is_never_reused_by_quantile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kind writes its own cache file, and a later run of the same kind loads it (no refit)."""
     names = gene_subset()[0]
     log_input = predicted_x(make_dm(normalization_type="none", genes=names))
     paths = {}
-    for kind in ("robust", "quantile", "robust"):
+    for kind in ("robust", "quantile", "robust", "quantile"):
+        if kind in paths:  # both caches exist: fitting again would be a cache miss
+
+            def no_refit(*args, **kwargs):  # type: ignore[no-untyped-def]
+                raise AssertionError("refitted instead of loading its cache")
+
+            monkeypatch.setattr(datamodule_base, "fit_pipeline", no_refit)
         dm = make_dm(normalization_type=kind, genes=names, stats_cache_dir=tmp_path)
         x = predicted_x(dm)
         if kind in paths:
-            assert dm.stats_cache_path == paths[kind]  # the same kind reuses its own
+            assert dm.stats_cache_path == paths[kind]
         paths[kind] = dm.stats_cache_path
         if kind == "quantile":
             expected = sklearn_quantile(log_input)

@@ -42,6 +42,10 @@ def test_pearson_theta_and_clip_options() -> None:
     y = fit_and_apply(transform, {"counts_ng": x})
     assert_pearson_close(y, scanpy_pearson(x, theta=10.0, clip=2.0))
     assert transform.clip_value == 2.0
+    restored = PearsonResiduals(x.shape[1], theta=10.0, clip=2.0)
+    restored.restore_fitted(transform.fitted_state())
+    batch = {"counts_ng": torch.from_numpy(x)}
+    torch.testing.assert_close(restored(batch)["x_ng"], transform(batch)["x_ng"])
     assert repr(transform) == "PearsonResiduals(n_genes=2000, theta=10.0, clip=2.0)"
     with pytest.raises(ConfigError, match="theta > 0"):
         PearsonResiduals(3, theta=0)

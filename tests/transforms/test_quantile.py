@@ -80,13 +80,15 @@ def test_quantile_state_round_trip_and_options(x_subset: np.ndarray) -> None:
     fit_and_apply(transform, {"x_ng": x})
     assert transform.quantiles_gq.shape == (100, 50)
     restored = QuantileNormalize(x.shape[1], n_quantiles=50)
-    restored.load_fitted(transform.fitted_state())
+    restored.restore_fitted(transform.fitted_state())
     batch = {"x_ng": torch.from_numpy(x)}
     torch.testing.assert_close(restored(batch)["x_ng"], transform(batch)["x_ng"])
     assert transform.config()["n_quantiles"] == 50
     assert repr(transform) == (
         "QuantileNormalize(n_genes=100, n_quantiles=50, output_distribution='normal')"
     )
+    with pytest.raises(ValueError, match="saved quantiles do not fit"):
+        QuantileNormalize(99).restore_fitted(transform.fitted_state())
     with pytest.raises(ConfigError, match="output_distribution"):
         QuantileNormalize(3, output_distribution="laplace")
     with pytest.raises(FittingError, match="before its quantiles were fitted"):

@@ -52,7 +52,7 @@ def test_robust_max_value_clips_and_state_round_trips() -> None:
     y = fit_and_apply(transform, {"x_ng": x})
     np.testing.assert_allclose(y, np.clip(robust_reference(x), -3, 3), atol=1e-5)
     restored = RobustScale(x.shape[1], max_value=3.0)
-    restored.load_fitted(transform.fitted_state())
+    restored.restore_fitted(transform.fitted_state())
     batch = {"x_ng": torch.from_numpy(x)}
     torch.testing.assert_close(restored(batch)["x_ng"], transform(batch)["x_ng"])
 
