@@ -27,21 +27,33 @@ def _timed(function: Any) -> tuple[Any, float, float]:
     return value, seconds, (memory.peak_bytes - memory.baseline_bytes) / 2**20
 
 
-def enhanced_fitting(path: Path, batch_size: int, block_size: int, backed: bool) -> dict[str, Any]:
-    """Setup time with and without fitting; the difference is the fitting passes."""
+def enhanced_fitting(
+    path: Path,
+    batch_size: int,
+    block_size: int,
+    backed: bool,
+    cell_type_key: str,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Setup time with and without fitting; the difference is the fitting passes.
+
+    The fitted statistics are written to ``cache_dir`` (must be empty; default a fresh folder),
+    so the runner's CPU-normalization row can reuse them instead of fitting again.
+    """
     from peers.enhanced import CPU_PIPELINE, LOADER_ONLY
 
     from enhanced_dm import BaseEnhancedDataModule
     from enhanced_dm.transforms import FittableTransform
 
-    def setup(options: dict[str, Any]) -> BaseEnhancedDataModule:
+    def setup(options: dict[str, Any], cache: str | None = None) -> BaseEnhancedDataModule:
         datamodule = BaseEnhancedDataModule(
             data=str(path),
             backed=backed,
             block_size=block_size,
             batch_size=batch_size,
             val_fraction=0.0,
-            stats_cache_dir=tempfile.mkdtemp(prefix="enhanced_dm_fit_"),
+            stats_cache_dir=cache or tempfile.mkdtemp(prefix="enhanced_dm_fit_"),
+            cell_type_key=cell_type_key,
             progress=False,
             **options,
         )
@@ -49,7 +61,7 @@ def enhanced_fitting(path: Path, batch_size: int, block_size: int, backed: bool)
         return datamodule
 
     _, plain_s, plain_mb = _timed(lambda: setup(LOADER_ONLY))
-    datamodule, fitted_s, fitted_mb = _timed(lambda: setup(CPU_PIPELINE))
+    datamodule, fitted_s, fitted_mb = _timed(lambda: setup(CPU_PIPELINE, cache_dir))
     passes = sum(isinstance(t, FittableTransform) for t in (datamodule.pipeline or []))
     return {
         "backed": backed,

@@ -51,17 +51,19 @@ def enhanced_loader(
     block_size: int,
     normalize: bool = False,
     num_workers: int = 0,
+    stats_cache_dir: str | None = None,
     **options: Any,
 ) -> EpochFactory:
     """Build and set up ``BaseEnhancedDataModule``; each epoch iterates ``train_dataloader()``.
 
     With ``normalize`` every batch also goes through ``dm.on_after_batch_transfer`` on the CPU
-    and the yielded rows are the normalized dense ``x_ng``. The statistics cache points at a
-    fresh temporary folder so the fitting pass really runs (and is counted in the setup time).
+    and the yielded rows are the normalized dense ``x_ng``. The statistics cache is
+    ``stats_cache_dir`` (the runner's, filled by its fitting measurement, so this row measures
+    throughput, not fitting again) or a fresh temporary folder (fitting counted in the setup).
     """
     from enhanced_dm import BaseEnhancedDataModule
 
-    cache = tempfile.mkdtemp(prefix="enhanced_dm_bench_")
+    cache = stats_cache_dir or tempfile.mkdtemp(prefix="enhanced_dm_bench_")
     datamodule = BaseEnhancedDataModule(
         data=str(settings.path),
         backed=backed,
@@ -96,8 +98,14 @@ def enhanced_loader(
     return epoch
 
 
-def configs(settings: Settings, num_workers: int = 0) -> list[LoaderConfig]:
-    """The enhanced-dm rows; skipped with the import error while the library is not ready."""
+def configs(
+    settings: Settings, num_workers: int = 0, stats_cache_dir: str | None = None
+) -> list[LoaderConfig]:
+    """The enhanced-dm rows; skipped with the import error while the library is not ready.
+
+    ``... buffer1`` sets ``shuffle_buffer=1`` (each batch = whole shuffled blocks), the
+    randomness of the plain h5py block-shuffle reader, for a matched comparison.
+    """
     reason = import_error()
     rows = []
     for backed in (True, False):
@@ -116,10 +124,26 @@ def configs(settings: Settings, num_workers: int = 0) -> list[LoaderConfig]:
             )
     rows.append(
         LoaderConfig(
+            "enhanced-dm backed b64 buffer1",
+            "enhanced",
+            setup=lambda: enhanced_loader(
+                settings, True, 64, num_workers=num_workers, shuffle_buffer=1
+            ),
+            skip=reason,
+            options={"backed": True, "block_size": 64, "shuffle_buffer": 1, **LOADER_ONLY},
+        )
+    )
+    rows.append(
+        LoaderConfig(
             f"enhanced-dm backed b{NORMALIZATION_BLOCK_SIZE} + CPU normalization",
             "enhanced",
             setup=lambda: enhanced_loader(
-                settings, True, NORMALIZATION_BLOCK_SIZE, normalize=True, num_workers=num_workers
+                settings,
+                True,
+                NORMALIZATION_BLOCK_SIZE,
+                normalize=True,
+                num_workers=num_workers,
+                stats_cache_dir=stats_cache_dir,
             ),
             skip=reason,
             options={"backed": True, "block_size": NORMALIZATION_BLOCK_SIZE, **CPU_PIPELINE},
