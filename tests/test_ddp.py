@@ -206,11 +206,6 @@ def test_two_ranks_fit_the_statistics_of_one(ranks: Any) -> None:
         assert_states_close(report["fitted"], want)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MedianTotalMetric.compute tests `if self.totals`, but after the DDP sync torchmetrics "
-    "has replaced the list state by one concatenated tensor (enhanced_dm/fitting/totals.py)",
-)
 def test_two_ranks_fit_the_median_library_size_of_one(ranks: Any) -> None:
     _, reports = ranks
     one = reference(str(shared_data(WU2020)), **MEDIAN_OPTIONS)

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from enhanced_dm.data.store import CellStore
 
-__all__ = ["CellBatchDataset", "CellDataset", "collate_cells", "make_dataloader"]
+__all__ = ["CellBatchDataset", "CellDataLoader", "CellDataset", "collate_cells", "make_dataloader"]
 
 
 class CellBatchDataset(Dataset):
@@ -29,11 +29,26 @@ class CellBatchDataset(Dataset):
         return self.store.read(rows)
 
 
+class CellDataLoader(DataLoader):
+    """A DataLoader whose resume position lives in the DataModule's ``state_dict``.
+
+    Lightning saves the state of dataloaders that have ``state_dict``/``load_state_dict`` and warns
+    that others cannot resume mid-epoch; here the sampler position is derived from the fit loop's
+    progress and saved by the DataModule, so the loader itself has nothing to add.
+    """
+
+    def state_dict(self) -> dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        """Nothing to restore: see the class docstring."""
+
+
 def make_dataloader(
     store: CellStore, sampler: Sampler, num_workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
     """DataLoader over whole-batch items: ``batch_size=None`` so no per-cell collation happens."""
-    return DataLoader(
+    return CellDataLoader(
         CellBatchDataset(store),
         sampler=sampler,
         batch_size=None,

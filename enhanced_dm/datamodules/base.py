@@ -183,6 +183,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         self.split: dict[str, np.ndarray] = {}
         self.stats_cache_path: Path | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._statistics_ready = False
         self._train_sampler: BlockShuffleSampler | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
         self._pipeline_device: torch.device | None = None
@@ -240,8 +241,29 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                 self.pipeline, self.nan_policy, n_genes=self.store.n_genes
             )
             self._warn_if_counts_needed(self.store)
-            self._fit_or_load()
-            self._warn_groups_without_train_cells()
+            if not self._resuming_from_checkpoint():
+                self._ensure_fitted()
+
+    def _resuming_from_checkpoint(self) -> bool:
+        """Lightning is about to restore this DataModule from a checkpoint (``ckpt_path``).
+
+        Lightning calls ``setup`` before ``load_state_dict``; fitting then would be wasted work,
+        so it is deferred to the first dataloader (the checkpoint's statistics arrive before it).
+        """
+        return (
+            self._pending_state is None
+            and self.trainer is not None
+            and getattr(self.trainer, "ckpt_path", None) is not None
+        )
+
+    def _ensure_fitted(self) -> None:
+        """Fitted statistics from a restored state, the cache, or a fit (once)."""
+        if self._statistics_ready:
+            return
+        self._fit_or_load()
+        self._warn_groups_without_train_cells()
+        self._statistics_ready = True
+        self._pipeline_device = None  # fitting may have moved the pipeline
 
     def _make_split(self, store: CellStore) -> dict[str, np.ndarray]:
         """Train/val/test cell indices: seeded fractions, or the labels of obs ``split_key``.
@@ -468,6 +490,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         )
 
     def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
+        self._ensure_fitted()
         sampler = self._sampler(indices, shuffle)
         if shuffle:
             # The epoch the fit loop runs next: a DataLoader with workers draws from the sampler
@@ -501,6 +524,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         """Densify and normalize the batch on its device; update monitors; log nothing."""
         if self.pipeline is None or self.monitor is None:
             raise RuntimeError("call setup() before using batches: the pipeline is built there")
+        self._ensure_fitted()
         device = batch["cell_index_n"].device
         if self._pipeline_device != device:
             self.pipeline.to(device)
@@ -586,7 +610,10 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                 f"this enhanced-dm writes version {STATE_VERSION}"
             )
         self._pending_state = state_dict
-        self._pending_sampler_state = state_dict.get("sampler")
+        # The sampler position only matters when training resumes; validate/test/predict from a
+        # checkpoint may use another batch size or number of devices.
+        fitting = self.trainer is None or self.trainer.state.fn in (None, "fit")
+        self._pending_sampler_state = state_dict.get("sampler") if fitting else None
         if self._pending_sampler_state is not None:
             # Check now, so an incompatible resume fails before any training step.
             probe = self._sampler(state_dict["split"]["train"].numpy(), shuffle=True)
@@ -609,6 +636,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         self.split = {name: indices.numpy() for name, indices in state_dict["split"].items()}
         if self.pipeline is not None:
             load_fitted_states(self.pipeline, state_dict["fitted"])
+            self._statistics_ready = True
 
 
 def _process_group_world() -> tuple[int, int]:

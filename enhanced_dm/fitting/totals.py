@@ -33,7 +33,11 @@ class MedianTotalMetric(Metric):
         self.totals.append(batch[self.key].to(torch.float64).reshape(-1))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        totals = dim_zero_cat(self.totals) if self.totals else torch.zeros(0, dtype=torch.float64)
+        # After a DDP sync torchmetrics has already concatenated the list into one tensor.
+        if isinstance(self.totals, torch.Tensor) or self.totals:
+            totals = dim_zero_cat(self.totals)
+        else:
+            totals = torch.zeros(0, dtype=torch.float64)
         positive = totals[totals > 0]
         if positive.numel() == 0:
             median = torch.tensor(1.0, dtype=torch.float64)

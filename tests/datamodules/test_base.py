@@ -12,7 +12,7 @@ import pytest
 import scanpy as sc
 import torch
 
-from enhanced_dm import BaseEnhancedDataModule, NormalizationStatsCallback
+from enhanced_dm import BaseEnhancedDataModule, ConfigError, NormalizationStatsCallback
 from tests.helpers import shared_data
 
 WU2020 = "singlecell/wu2020_tcells_counts.h5ad"
@@ -230,3 +230,23 @@ def test_trainer_fit_logs_normalization_stats(tmp_path) -> None:
     assert "normalization/z_score/mean" in metrics.columns
     assert metrics["normalization/z_score/cells_seen"].max() > 0
     assert "train_loss" in metrics.columns
+
+
+def test_evaluating_from_a_checkpoint_accepts_another_batch_size() -> None:
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    trained = make_dm(batch_size=128, val_fraction=0.2)
+    trained.setup("fit")
+    list(trained.train_dataloader())
+    state = trained.state_dict()
+
+    for function, accepted in ((TrainerFn.TESTING, True), (TrainerFn.FITTING, False)):
+        other = make_dm(batch_size=64, val_fraction=0.2)
+        trainer = L.Trainer(logger=False, enable_progress_bar=False)
+        trainer.state.fn = function
+        other.trainer = trainer
+        if accepted:
+            other.load_state_dict(state)  # test/predict/validate: the order does not matter
+        else:
+            with pytest.raises(ConfigError, match="batch_size"):
+                other.load_state_dict(state)
