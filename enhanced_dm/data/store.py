@@ -473,9 +473,14 @@ def _check_unique(names: pd.Index, where: str, what: str) -> None:
 
 def _row_sums(block: RowBlock) -> np.ndarray:
     """Per-row sum of stored values over all of the file's genes."""
-    n_rows = len(block.indptr) - 1
-    row_ids = np.repeat(np.arange(n_rows), np.diff(block.indptr))
-    return np.bincount(row_ids, weights=block.data.astype(np.float64), minlength=n_rows)
+    starts = block.indptr[:-1]
+    nonempty = np.diff(block.indptr) > 0
+    sums = np.zeros(len(starts))
+    if nonempty.any():
+        # reduceat sums each run up to the next start: over the non-empty rows those runs are
+        # exactly the rows (reduceat would give an empty row its neighbour's value).
+        sums[nonempty] = np.add.reduceat(block.data, starts[nonempty], dtype=np.float64)
+    return sums
 
 
 def _remap_columns(block: RowBlock, mapping: np.ndarray | None) -> RowBlock:

@@ -99,3 +99,14 @@ def test_layer_and_anndata_inputs() -> None:
     np.testing.assert_array_equal(
         store.read([0, 1])["counts_ng"].to_dense().numpy(), counts.toarray()
     )
+
+
+def test_library_sizes_with_empty_rows_anywhere() -> None:
+    counts = sp.csr_matrix(
+        np.array([[0, 0, 0], [1, 2, 0], [0, 0, 0], [3, 0, 4], [0, 0, 0]], dtype=np.int32)
+    )
+    store = CellStore(ad.AnnData(counts))
+    for rows in ([0, 1, 2, 3, 4], [2, 3], [3, 4], [0]):
+        np.testing.assert_array_equal(
+            store.read(rows)["total_counts_n"].numpy(), counts[rows].sum(1).A1
+        )
