@@ -23,8 +23,8 @@ from enhanced_dm.fitting.cache import StatsCache, fingerprint
 from enhanced_dm.fitting.driver import fit_pipeline, fitted_states, load_fitted_states
 from enhanced_dm.monitors.pipeline_monitor import NanPolicy, PipelineMonitor
 from enhanced_dm.transforms.base import FittableTransform, Pipeline
-from enhanced_dm.transforms.center_scale import CenterScaleTransform
 from enhanced_dm.transforms.densify import Densify, DensifyExpression
+from enhanced_dm.transforms.grouped import GroupedTransform
 from enhanced_dm.transforms.log1p import Log1p
 from enhanced_dm.transforms.normalize_total import NormalizeTotal
 from enhanced_dm.transforms.registry import GENE_NORMALIZATIONS, build_gene_normalization
@@ -469,7 +469,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
     def _warn_groups_without_train_cells(self) -> None:
         assert self.pipeline is not None
         for transform in self.pipeline:
-            if isinstance(transform, CenterScaleTransform) and transform.group_key is not None:
+            if isinstance(transform, GroupedTransform) and transform.group_key is not None:
                 name = transform.group_key.removesuffix("_n")
                 transform.warn_unfitted_groups(self.categories.get(name))
 

@@ -3,6 +3,7 @@
 from enhanced_dm.transforms.base import FittableTransform, Pipeline, Transform
 from enhanced_dm.transforms.center_scale import CenterScaleTransform
 from enhanced_dm.transforms.densify import Densify, DensifyExpression
+from enhanced_dm.transforms.grouped import GroupedTransform
 from enhanced_dm.transforms.log1p import Log1p
 from enhanced_dm.transforms.normalize_total import NormalizeTotal
 from enhanced_dm.transforms.pearson import PearsonResiduals
@@ -15,6 +16,7 @@ __all__ = [
     "Densify",
     "DensifyExpression",
     "FittableTransform",
+    "GroupedTransform",
     "Log1p",
     "NormalizeTotal",
     "PearsonResiduals",

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from enhanced_dm.transforms import functional as F
-from enhanced_dm.transforms.base import Batch, FittableTransform
+from enhanced_dm.transforms.base import Batch
+from enhanced_dm.transforms.grouped import GroupedTransform
 
 __all__ = ["CenterScaleTransform"]
 
 
-class CenterScaleTransform(FittableTransform):
+class CenterScaleTransform(GroupedTransform):
     r"""Base of transforms that compute :math:`(x_{cg} - c_g) / s_g`, optionally clipped.
 
     With ``group_key`` (e.g. ``"batch_n"``) the statistics are fitted per group code and each cell
@@ -27,7 +27,6 @@ class CenterScaleTransform(FittableTransform):
     scale_g: torch.Tensor
     center_bg: torch.Tensor
     scale_bg: torch.Tensor
-    fitted_b: torch.Tensor
 
     def __init__(
         self,
@@ -37,26 +36,16 @@ class CenterScaleTransform(FittableTransform):
         max_value: float | None = None,
         key: str = "x_ng",
     ) -> None:
-        super().__init__()
-        self.key = key
-        self.output_key = key
-        self.group_key = group_key
-        self.n_groups = n_groups if group_key is not None else 0
+        super().__init__(n_groups, group_key, key)
         self.max_value = max_value
         self.clip_value = max_value
         self.register_buffer("center_g", torch.zeros(n_genes))
         self.register_buffer("scale_g", torch.ones(n_genes))
         self.register_buffer("center_bg", torch.zeros(self.n_groups, n_genes))
         self.register_buffer("scale_bg", torch.ones(self.n_groups, n_genes))
-        self.register_buffer("fitted_b", torch.zeros(self.n_groups, dtype=torch.bool))
 
     def config(self) -> dict[str, Any]:
-        return {
-            "kind": type(self).__name__,
-            "group_key": self.group_key,
-            "n_groups": self.n_groups,
-            "max_value": self.max_value,
-        }
+        return {**super().config(), "max_value": self.max_value}
 
     def _center_scale(
         self, state: Mapping[str, torch.Tensor]
@@ -73,19 +62,6 @@ class CenterScaleTransform(FittableTransform):
         self.fitted_b.copy_(fitted_b)
         self.fitted = True
         self._warned_fallback = False
-
-    def warn_unfitted_groups(self, group_names: list[str] | None = None) -> list[int]:
-        """Warn once about groups that will use the global statistics; returns their codes."""
-        missing = [int(b) for b in torch.nonzero(~self.fitted_b.cpu()).flatten()]
-        if missing and not getattr(self, "_warned_fallback", False):
-            names = [group_names[b] if group_names else str(b) for b in missing]
-            warnings.warn(
-                f"{type(self).__name__}({self.group_key}): groups {names[:10]} have no train cells; "
-                "their cells are scaled with the global statistics",
-                stacklevel=2,
-            )
-            self._warned_fallback = True
-        return missing
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
         x_ng = batch[self.key]

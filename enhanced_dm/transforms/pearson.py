@@ -12,12 +12,13 @@ from enhanced_dm.errors import ConfigError, FittingError
 from enhanced_dm.fitting.count_totals import CountTotalsMetric
 from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms import functional_rank as R
-from enhanced_dm.transforms.base import Batch, FittableTransform
+from enhanced_dm.transforms.base import Batch
+from enhanced_dm.transforms.grouped import GroupedTransform
 
 __all__ = ["PearsonResiduals"]
 
 
-class PearsonResiduals(FittableTransform):
+class PearsonResiduals(GroupedTransform):
     r"""Pearson residuals of raw counts under a negative binomial with overdispersion ``theta``.
 
     .. math::
@@ -45,7 +46,6 @@ class PearsonResiduals(FittableTransform):
     n_cells: torch.Tensor
     gene_fraction_bg: torch.Tensor
     n_cells_b: torch.Tensor
-    fitted_b: torch.Tensor
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class PearsonResiduals(FittableTransform):
         counts_key: str = "counts_ng",
         key: str = "x_ng",
     ) -> None:
-        super().__init__()
+        super().__init__(n_groups, group_key, key)
         if not theta > 0:
             raise ConfigError(f"Pearson residuals need theta > 0, got {theta!r}")
         if clip is not None and not clip >= 0:
@@ -65,21 +65,14 @@ class PearsonResiduals(FittableTransform):
         self.theta = float(theta)
         self.clip = None if clip is None else float(clip)
         self.counts_key = counts_key
-        self.key = key
-        self.output_key = key
-        self.group_key = group_key
-        self.n_groups = n_groups if group_key is not None else 0
         self.register_buffer("gene_fraction_g", torch.zeros(n_genes))
         self.register_buffer("n_cells", torch.zeros((), dtype=torch.float64))
         self.register_buffer("gene_fraction_bg", torch.zeros(self.n_groups, n_genes))
         self.register_buffer("n_cells_b", torch.zeros(self.n_groups, dtype=torch.float64))
-        self.register_buffer("fitted_b", torch.zeros(self.n_groups, dtype=torch.bool))
 
     def config(self) -> dict[str, Any]:
         return {
-            "kind": type(self).__name__,
-            "group_key": self.group_key,
-            "n_groups": self.n_groups,
+            **super().config(),
             "theta": self.theta,
             "clip": self.clip,
             "counts_key": self.counts_key,

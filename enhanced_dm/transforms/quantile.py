@@ -11,12 +11,13 @@ from enhanced_dm.errors import ConfigError, FittingError
 from enhanced_dm.fitting.rank_stats import QuantileStatsMetric
 from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms import functional_rank as R
-from enhanced_dm.transforms.base import Batch, FittableTransform
+from enhanced_dm.transforms.base import Batch
+from enhanced_dm.transforms.grouped import GroupedTransform
 
 __all__ = ["QuantileNormalize"]
 
 
-class QuantileNormalize(FittableTransform):
+class QuantileNormalize(GroupedTransform):
     r"""Map each gene through its fitted quantiles to a standard normal (or uniform) distribution.
 
     .. math:: y_{cg} = \Phi^{-1}\!\left(\hat F_g(x_{cg})\right) \text{ clipped to } \pm 5.1993,
@@ -40,7 +41,6 @@ class QuantileNormalize(FittableTransform):
     references_q: torch.Tensor
     quantiles_bgq: torch.Tensor
     references_bq: torch.Tensor
-    fitted_b: torch.Tensor
 
     def __init__(
         self,
@@ -53,17 +53,13 @@ class QuantileNormalize(FittableTransform):
         seed: int = 0,
         key: str = "x_ng",
     ) -> None:
-        super().__init__()
+        super().__init__(n_groups, group_key, key)
         if output_distribution not in ("normal", "uniform"):
             raise ConfigError(
                 f"output_distribution must be 'normal' or 'uniform', got {output_distribution!r}"
             )
         if int(n_quantiles) < 1:
             raise ConfigError(f"n_quantiles must be a positive integer, got {n_quantiles!r}")
-        self.key = key
-        self.output_key = key
-        self.group_key = group_key
-        self.n_groups = n_groups if group_key is not None else 0
         self.n_quantiles = int(n_quantiles)
         self.output_distribution = output_distribution
         self.stats_max_cells = int(stats_max_cells)
@@ -74,13 +70,10 @@ class QuantileNormalize(FittableTransform):
         self.register_buffer("references_q", references_q)
         self.register_buffer("quantiles_bgq", torch.zeros(self.n_groups, n_genes, 2))
         self.register_buffer("references_bq", references_q.repeat(self.n_groups, 1))
-        self.register_buffer("fitted_b", torch.zeros(self.n_groups, dtype=torch.bool))
 
     def config(self) -> dict[str, Any]:
         return {
-            "kind": type(self).__name__,
-            "group_key": self.group_key,
-            "n_groups": self.n_groups,
+            **super().config(),
             "n_quantiles": self.n_quantiles,
             "output_distribution": self.output_distribution,
             "stats_max_cells": self.stats_max_cells,
