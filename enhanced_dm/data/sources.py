@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,16 @@ import scipy.sparse as sp
 
 from enhanced_dm.errors import DataFileError
 
-__all__ = ["RowBlock", "Source", "open_source"]
+__all__ = ["RowBlock", "Source", "concat_row_blocks", "open_source"]
 
 # Rows whose byte ranges are closer than this many stored values are read in one h5py call.
 _COALESCE_GAP = 32_768
+# Backed reads that take several rows from each 64-row chunk go through a per-handle LRU of whole
+# chunks: a shuffled batch draws a few rows from many blocks and the next batches of the same
+# shuffle pool draw the rest, so each chunk is read from disk once instead of once per batch.
+_CHUNK_ROWS = 64
+_CACHED_CHUNKS = 64
+_MIN_ROWS_PER_CHUNK = 4
 # Backed files: the setup-time value check reads this many evenly spaced spans of stored values.
 _SAMPLE_SPANS = 16
 # numpy dtype kinds a matrix may hold: bool, signed / unsigned integer, float.
@@ -76,6 +83,7 @@ class Source:
             matrix.indptr.astype(np.int64) if matrix is not None else None
         )
         self._dense = False
+        self._chunks: OrderedDict[int, RowBlock] = OrderedDict()
 
     @property
     def backed(self) -> bool:
@@ -84,6 +92,7 @@ class Source:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_file"] = None
+        state["_chunks"] = OrderedDict()
         return state
 
     def close(self) -> None:
@@ -136,6 +145,9 @@ class Source:
             if self._dense:
                 return _dense_rows(node, rows)
             assert self._indptr is not None
+            chunk_n = rows // _CHUNK_ROWS
+            if len(rows) >= _MIN_ROWS_PER_CHUNK * len(np.unique(chunk_n)):
+                return self._read_through_chunks(node, rows, chunk_n)
             return _read_backed_rows(self._indptr, node["indices"], node["data"], rows)
         except (OSError, KeyError, ValueError) as error:
             first = rows[:3].tolist()
@@ -143,6 +155,39 @@ class Source:
                 f"{self.where}: reading rows {first}... failed ({type(error).__name__}: {error}); "
                 "was the file changed or damaged after setup?"
             ) from error
+
+    def _read_through_chunks(self, node: Any, rows: np.ndarray, chunk_n: np.ndarray) -> RowBlock:
+        """Rows served from cached 64-row chunks; missing chunks are read in contiguous runs."""
+        assert self._indptr is not None
+        indptr, n_rows = self._indptr, self.n_obs
+        needed = np.unique(chunk_n)
+        missing = [int(c) for c in needed if int(c) not in self._chunks]
+        run_breaks = np.flatnonzero(np.diff(missing) != 1) + 1 if missing else []
+        for run in np.split(np.asarray(missing, dtype=np.int64), run_breaks) if missing else []:
+            first, stop = int(run[0]) * _CHUNK_ROWS, min((int(run[-1]) + 1) * _CHUNK_ROWS, n_rows)
+            low, high = int(indptr[first]), int(indptr[stop])
+            indices, data = node["indices"][low:high], node["data"][low:high]
+            for chunk in run.tolist():
+                start, end = chunk * _CHUNK_ROWS, min((chunk + 1) * _CHUNK_ROWS, n_rows)
+                a, b = int(indptr[start]) - low, int(indptr[end]) - low
+                local = indptr[start : end + 1] - indptr[start]
+                self._chunks[chunk] = RowBlock(local, indices[a:b], data[a:b])
+        order = np.argsort(rows, kind="stable")
+        sorted_rows, sorted_chunks = rows[order], chunk_n[order]
+        parts = []
+        for chunk in needed.tolist():
+            self._chunks.move_to_end(chunk)
+            block = self._chunks[chunk]
+            local = sorted_rows[sorted_chunks == chunk] - chunk * _CHUNK_ROWS
+            parts.append(_gather_rows(block.indptr, block.indices, block.data, local))
+        while len(self._chunks) > max(_CACHED_CHUNKS, len(needed)):
+            self._chunks.popitem(last=False)
+        result = concat_row_blocks(parts)
+        if np.array_equal(order, np.arange(len(rows))):
+            return result
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(rows))
+        return _gather_rows(result.indptr, result.indices, result.data, inverse)
 
     def sample_values(self, max_values: int = 200_000) -> np.ndarray:
         """Up to ``max_values`` stored values for the setup-time input check.
@@ -190,6 +235,22 @@ def _span_starts(total: int, wanted: int, n_spans: int) -> list[int]:
     per_span = max(1, wanted // n_spans)
     last_start = max(0, total - per_span)
     return sorted({int(x) for x in np.linspace(0, last_start, num=min(n_spans, total))})
+
+
+def concat_row_blocks(blocks: list[RowBlock]) -> RowBlock:
+    """Rows of several blocks (each ``indptr`` starting at 0) as one block, in order."""
+    if len(blocks) == 1:
+        return blocks[0]
+    offsets = np.cumsum([0] + [len(block.data) for block in blocks])
+    indptr = np.concatenate(
+        [np.zeros(1, np.int64)]
+        + [block.indptr[1:] + offset for block, offset in zip(blocks, offsets, strict=False)]
+    )
+    return RowBlock(
+        indptr,
+        np.concatenate([block.indices for block in blocks]),
+        np.concatenate([block.data for block in blocks]),
+    )
 
 
 def _gather_rows(

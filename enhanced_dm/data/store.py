@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from enhanced_dm.data.sources import RowBlock, Source, open_source
+from enhanced_dm.data.sources import RowBlock, Source, concat_row_blocks, open_source
 from enhanced_dm.errors import ConfigError, DataFileError
 
 __all__ = ["CellStore", "DataInput", "ValueCheck", "check_values"]
@@ -357,7 +357,8 @@ class CellStore:
             self._verify_block(int(source_index), block, local)
             totals.append(_row_sums(block))
             blocks.append(_remap_columns(block, self._column_maps[source_index]))
-        indptr, indices, data = _concat_blocks(blocks)
+        merged = concat_row_blocks(blocks)
+        indptr, indices, data = merged.indptr, merged.indices, merged.data
         dtype = torch.int32 if self.is_counts else torch.float32
         values = torch.from_numpy(data).to(dtype)
         index_dtype = torch.int32 if len(data) < 2**31 - 1 else torch.int64
@@ -493,19 +494,3 @@ def _remap_columns(block: RowBlock, mapping: np.ndarray | None) -> RowBlock:
         return RowBlock(block.indptr, columns, block.data)
     kept_before = np.concatenate([[0], np.cumsum(keep)])
     return RowBlock(kept_before[block.indptr], columns[keep], block.data[keep])
-
-
-def _concat_blocks(blocks: list[RowBlock]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if len(blocks) == 1:
-        block = blocks[0]
-        return block.indptr, block.indices, block.data
-    offsets = np.cumsum([0] + [len(block.data) for block in blocks])
-    indptr = np.concatenate(
-        [blocks[0].indptr[:1]]
-        + [block.indptr[1:] + offset for block, offset in zip(blocks, offsets, strict=False)]
-    )
-    return (
-        indptr,
-        np.concatenate([block.indices for block in blocks]),
-        np.concatenate([block.data for block in blocks]),
-    )
