@@ -340,19 +340,20 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             pipeline.add("normalize_total", NormalizeTotal(self.target_sum))
             if self.log1p:
                 pipeline.add("log1p", Log1p())
-        pipeline.add("densify_x", DensifyExpression())
+        gene_step = None
         if self.per_gene_normalization and self.normalization_type != "none":
             group_key, n_groups = self._group_key()
-            pipeline.add(
+            gene_step = build_gene_normalization(
                 self.normalization_type,
-                build_gene_normalization(
-                    self.normalization_type,
-                    store.n_genes,
-                    n_groups,
-                    group_key,
-                    dict(self.normalization_options),
-                ),
+                store.n_genes,
+                n_groups,
+                group_key,
+                dict(self.normalization_options),
             )
+        if gene_step is None or not gene_step.accepts_sparse:
+            pipeline.add("densify_x", DensifyExpression())
+        if gene_step is not None:
+            pipeline.add(self.normalization_type, gene_step)
         for component in self.components:
             for name, transform in component.transforms():
                 pipeline.add(name, transform)

@@ -22,6 +22,8 @@ class ZScore(CenterScaleTransform):
     the grouped form. Unlike scanpy, val/test/predict cells are scaled with the TRAIN statistics.
     """
 
+    accepts_sparse = True  # fitted from the stored values; densified when applied
+
     def fit_metric(self) -> GroupedMomentsMetric:
         return GroupedMomentsMetric(self.center_g.shape[0], self.n_groups, self.key, self.group_key)
 
