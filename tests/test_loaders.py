@@ -14,10 +14,18 @@ PBMC = "singlecell/pbmc68k_reduced_counts.h5ad"
 
 
 def test_collate_loader_matches_the_datamodule() -> None:
-    options = dict(data=shared_data(PBMC), cell_type_key="cell_type", val_fraction=0.0, progress=False)
-    loader = BaseEnhancedLoader(cfg=None, normalization_type="z_score", per_gene_normalization=True,
-                                per_cell_normalization=True, robust_normalization=False,
-                                quantile_normalization=False, **options)
+    options = dict(
+        data=shared_data(PBMC), cell_type_key="cell_type", val_fraction=0.0, progress=False
+    )
+    loader = BaseEnhancedLoader(
+        cfg=None,
+        normalization_type="z_score",
+        per_gene_normalization=True,
+        per_cell_normalization=True,
+        robust_normalization=False,
+        quantile_normalization=False,
+        **options,
+    )
     dm = BaseEnhancedDataModule(**options)
     dm.setup("predict")
     expected = torch.cat([dm.on_after_batch_transfer(b)["x_ng"] for b in dm.predict_dataloader()])

@@ -162,7 +162,7 @@ class Source:
         indptr, n_rows = self._indptr, self.n_obs
         needed = np.unique(chunk_n)
         missing = [int(c) for c in needed if int(c) not in self._chunks]
-        run_breaks = np.flatnonzero(np.diff(missing) != 1) + 1 if missing else []
+        run_breaks: Any = np.flatnonzero(np.diff(missing) != 1) + 1 if missing else []
         for run in np.split(np.asarray(missing, dtype=np.int64), run_breaks) if missing else []:
             first, stop = int(run[0]) * _CHUNK_ROWS, min((int(run[-1]) + 1) * _CHUNK_ROWS, n_rows)
             low, high = int(indptr[first]), int(indptr[stop])

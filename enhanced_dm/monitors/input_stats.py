@@ -22,6 +22,9 @@ class InputStatsMetric(Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
+    cells: torch.Tensor
+    zero_count_cells: torch.Tensor
+    nonzero_cells_g: torch.Tensor
 
     def __init__(self, n_genes: int | None = None) -> None:
         super().__init__()

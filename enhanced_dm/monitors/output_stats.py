@@ -21,6 +21,15 @@ class OutputStatsMetric(Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
+    cells: torch.Tensor
+    values: torch.Tensor
+    total: torch.Tensor
+    total_sq: torch.Tensor
+    zeros: torch.Tensor
+    nonfinite: torch.Tensor
+    clipped: torch.Tensor
+    minimum: torch.Tensor
+    maximum: torch.Tensor
 
     def __init__(self, clip_value: float | None = None) -> None:
         super().__init__()

@@ -63,8 +63,8 @@ class PipelineMonitor(nn.Module):
             return
         values = out.get(transform.output_key)
         watched = values is not None and torch.is_floating_point(values)
-        if watched:
-            metric = self.step_metrics[self._index[name]]
+        if values is not None and watched:
+            metric: OutputStatsMetric = self.step_metrics[self._index[name]]  # type: ignore[assignment]
             metric.update(values)
             if metric.last_had_nonfinite and self.nan_policy != "ignore":
                 self._nonfinite.append((name, transform.output_key))
@@ -99,9 +99,10 @@ class PipelineMonitor(nn.Module):
         warnings.warn(message, stacklevel=2)
 
     def compute(self) -> dict[str, dict[str, float]]:
+        metrics: list[OutputStatsMetric] = list(self.step_metrics)  # type: ignore[arg-type]
         stats = {
             name: metric.compute()
-            for name, metric in zip(self.names, self.step_metrics, strict=True)
+            for name, metric in zip(self.names, metrics, strict=True)
             if metric.update_count
         }
         if self.input_metric.update_count and self._input_step in stats:
@@ -114,5 +115,5 @@ class PipelineMonitor(nn.Module):
 
     def reset(self) -> None:
         for metric in self.step_metrics:
-            metric.reset()
+            metric.reset()  # type: ignore[operator]
         self.input_metric.reset()
