@@ -84,8 +84,20 @@ class StatsCache:
             return _refuse(path, "does not hold {transform: {name: tensor}} statistics")
         return states
 
-    def save(self, key: str, states: Mapping[str, Mapping[str, torch.Tensor]]) -> Path:
-        """Write ``states`` atomically; returns the final path."""
+    def save(self, key: str, states: Mapping[str, Mapping[str, torch.Tensor]]) -> Path | None:
+        """Write ``states`` atomically; returns the final path, or None (with a warning) when the
+        directory cannot be written: the fitted statistics are still used, only not cached."""
+        try:
+            return self._write(key, states)
+        except OSError as error:
+            warnings.warn(
+                f"statistics cache {self.directory} cannot be written ({error}); the fitted "
+                "statistics are used but not cached",
+                stacklevel=2,
+            )
+            return None
+
+    def _write(self, key: str, states: Mapping[str, Mapping[str, torch.Tensor]]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save({name: dict(state) for name, state in states.items()}, buffer)

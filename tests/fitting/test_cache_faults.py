@@ -205,3 +205,20 @@ def test_two_processes_fitting_the_same_cache_do_not_corrupt_it(
     assert results == [(key, expected), (key, expected)]
     assert final is not None and float(final["normalize_total"]["target_sum"]) == expected
     assert list(tmp_path.glob("*.tmp")) == []  # no temporary file left behind
+
+
+def test_an_unwritable_cache_directory_warns_and_training_goes_on(tmp_path) -> None:
+    from enhanced_dm import BaseEnhancedDataModule
+    from tests.helpers import shared_data
+
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("a file where the cache directory should be")
+    dm = BaseEnhancedDataModule(
+        data=shared_data("singlecell/pbmc68k_reduced_counts.h5ad"),
+        stats_cache_dir=not_a_directory,
+        progress=False,
+    )
+    with pytest.warns(UserWarning, match="cannot be written"):
+        dm.setup("fit")
+    assert dm.stats_cache_path is None
+    assert dm.state_dict()["fitted"]["z_score"]["scale_g"].gt(0).all()
