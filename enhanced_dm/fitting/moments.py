@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import torch
 from torchmetrics import Metric
 
+from enhanced_dm.csr import rows_of_stored_values
+
 __all__ = ["GroupedMomentsMetric", "moments_to_mean_std"]
 
 
@@ -77,11 +79,7 @@ class GroupedMomentsMetric(Metric):
         self.count_b.index_add_(
             0, group_n[valid_n], torch.ones_like(group_n[valid_n], dtype=torch.float64)
         )
-        cells = torch.repeat_interleave(
-            torch.arange(n_cells, device=genes.device),
-            x_ng.crow_indices().diff(),
-            output_size=values.numel(),
-        )
+        cells = rows_of_stored_values(x_ng)
         keep = valid_n[cells]
         flat = group_n[cells][keep] * n_genes + genes[keep]
         self.sum_bg.view(-1).index_add_(0, flat, values[keep])

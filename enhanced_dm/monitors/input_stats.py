@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from enhanced_dm.csr import rows_of_stored_values
+
 __all__ = ["InputStatsMetric"]
 
 
@@ -46,11 +48,7 @@ class InputStatsMetric(Metric):
         self.cells += n_cells
         if counts_ng.layout == torch.sparse_csr:
             nonzero = counts_ng.values() != 0
-            rows = torch.repeat_interleave(
-                torch.arange(n_cells, device=nonzero.device),
-                counts_ng.crow_indices().diff(),
-                output_size=nonzero.numel(),
-            )
+            rows = rows_of_stored_values(counts_ng)
             nonzero_per_cell = torch.zeros(n_cells, device=nonzero.device).index_add_(
                 0, rows, nonzero.to(torch.float32)
             )

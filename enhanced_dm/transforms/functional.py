@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from enhanced_dm.csr import rows_of_stored_values
+
 __all__ = [
     "densify",
     "gather_group_rows",
@@ -31,7 +33,7 @@ def densify(x_ng: torch.Tensor) -> torch.Tensor:
         return x_ng.to_dense()
     dense = torch.zeros(x_ng.shape, dtype=x_ng.dtype, device=x_ng.device)
     columns = x_ng.col_indices().to(torch.int64)
-    dense.index_put_((_rows_of_stored_values(x_ng), columns), x_ng.values())
+    dense.index_put_((rows_of_stored_values(x_ng), columns), x_ng.values())
     return dense
 
 
@@ -44,13 +46,6 @@ def map_stored_values(x_ng: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(
         x_ng.crow_indices(), x_ng.col_indices(), values, size=x_ng.shape, check_invariants=False
     )
-
-
-def _rows_of_stored_values(x_ng: torch.Tensor) -> torch.Tensor:
-    """Row index of every stored value of a CSR matrix (no host sync: the size is known)."""
-    crow = x_ng.crow_indices()
-    rows = torch.arange(x_ng.shape[0], device=crow.device)
-    return torch.repeat_interleave(rows, crow.diff(), output_size=x_ng.values().numel())
 
 
 def normalize_total(
@@ -68,7 +63,7 @@ def normalize_total(
         total > 0, target_sum / total.clamp_min(torch.finfo(torch.float32).tiny), 0.0
     )
     if x_ng.layout == torch.sparse_csr:
-        values = x_ng.values().to(torch.float32) * scale_n[_rows_of_stored_values(x_ng)]
+        values = x_ng.values().to(torch.float32) * scale_n[rows_of_stored_values(x_ng)]
         return map_stored_values(x_ng, values)
     return x_ng.to(torch.float32) * scale_n.unsqueeze(-1)
 
