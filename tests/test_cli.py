@@ -175,3 +175,18 @@ def test_an_installed_package_finds_its_own_conf(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == site / "enhanced_dm" / "conf"
+
+
+def test_prepare_writes_a_mappable_copy_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    from enhanced_dm.data import CellStore
+    from tests.helpers import shared_data
+
+    source = shared_data("singlecell/wu2020_tcells_counts.h5ad")
+    target = tmp_path / "wu2020.h5ad"
+    result = enhanced_dm("prepare", source, str(target), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert CellStore(str(target), backed=True).sources[0].memory_mapped
+    again = enhanced_dm("prepare", source, str(target), cwd=tmp_path)
+    assert again.returncode == 1
+    assert "already exists; pass overwrite=True" in again.stderr
+    assert "Traceback" not in again.stderr

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -13,10 +14,12 @@ __all__ = ["CellBatchDataset", "CellDataLoader", "CellDataset", "collate_cells",
 
 
 class CellBatchDataset(Dataset):
-    """``dataset[rows]`` reads the rows as one CSR batch (scvi-tools' batch-sampler pattern).
+    """``dataset[rows]`` reads the rows as one CSR batch (scvi-tools' batch-sampler pattern);
+    ``dataset[(rows_a, rows_b, ...)]`` (a tuple of batches) reads them together and returns the
+    list of batches (:meth:`CellStore.read_batches`).
 
-    One ``__getitem__`` per batch keeps Python overhead per cell near zero and lets the store read
-    contiguous spans.
+    One ``__getitem__`` per batch or pool keeps Python overhead per cell near zero and lets the
+    store read contiguous spans.
     """
 
     def __init__(self, store: CellStore) -> None:
@@ -25,17 +28,30 @@ class CellBatchDataset(Dataset):
     def __len__(self) -> int:
         return self.store.n_obs
 
-    def __getitem__(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitem__(
+        self, rows: Sequence[int] | tuple[np.ndarray, ...]
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        if isinstance(rows, tuple):
+            return self.store.read_batches(rows)
         return self.store.read(rows)
 
 
 class CellDataLoader(DataLoader):
-    """A DataLoader whose resume position lives in the DataModule's ``state_dict``.
+    """A DataLoader that yields one batch at a time (items read as a group of batches are
+    handed out one by one) and whose resume position lives in the DataModule's ``state_dict``.
 
-    Lightning saves the state of dataloaders that have ``state_dict``/``load_state_dict`` and warns
+    ``len()`` counts batches (the sampler's length). Lightning saves the state of dataloaders that have ``state_dict``/``load_state_dict`` and warns
     that others cannot resume mid-epoch; here the sampler position is derived from the fit loop's
     progress and saved by the DataModule, so the loader itself has nothing to add.
     """
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:  # type: ignore[override]
+        # A generator over torch's iterator: Lightning only iterates it.
+        for item in super().__iter__():
+            if isinstance(item, list):
+                yield from item
+            else:
+                yield item
 
     def state_dict(self) -> dict[str, object]:
         return {}

@@ -53,6 +53,10 @@ class BlockShuffleSampler(DistributedSampler):
     process and each batch of indices is handed to one worker, so workers split a rank's share
     without overlap by construction.
 
+    Reading: with ``batches_per_item > 1`` each item is a tuple of that many consecutive batches
+    (a shuffle pool's worth), which the dataset reads with one read of their rows and the
+    DataLoader hands out one batch at a time; ``len()`` and positions still count batches.
+
     Resume: ``state_dict()`` records the epoch and ``start_batch``, the number of batches of that
     epoch already handed out; ``load_state_dict`` makes the next iteration skip them. A
     DataLoader with workers asks for batches ahead of the training loop (prefetching), so a
@@ -74,11 +78,12 @@ class BlockShuffleSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         even_batches: bool = True,
+        batches_per_item: int = 1,
     ) -> None:
-        if batch_size < 1 or block_size < 1 or shuffle_buffer < 1:
+        if min(batch_size, block_size, shuffle_buffer, batches_per_item) < 1:
             raise ConfigError(
-                f"batch_size, block_size and shuffle_buffer must be >= 1, got {batch_size}, "
-                f"{block_size}, {shuffle_buffer}"
+                "batch_size, block_size, shuffle_buffer and batches_per_item must be >= 1, got "
+                f"{batch_size}, {block_size}, {shuffle_buffer}, {batches_per_item}"
             )
         if not 0 <= rank < num_replicas:
             raise ConfigError(f"rank {rank} is outside [0, {num_replicas})")
@@ -92,6 +97,7 @@ class BlockShuffleSampler(DistributedSampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.even_batches = even_batches
+        self.batches_per_item = batches_per_item
         self.epoch = 0
         self.start_batch = 0
         self._position = 0
@@ -141,13 +147,20 @@ class BlockShuffleSampler(DistributedSampler):
             batches.pop()
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int] | tuple[np.ndarray, ...]]:
+        """One item per ``batches_per_item`` batches: a batch is a sorted list of rows; with
+        ``batches_per_item > 1`` an item is a tuple of that many consecutive batches (sorted
+        arrays), read together by :class:`~enhanced_dm.data.collate.CellBatchDataset`."""
         batches = self._rank_batches()
         start, self.start_batch = self.start_batch, 0
         self._position = start
-        for position in range(start, len(batches)):
-            self._position = position + 1
-            yield np.sort(batches[position]).tolist()
+        for position in range(start, len(batches), self.batches_per_item):
+            group = batches[position : position + self.batches_per_item]
+            self._position = position + len(group)
+            if self.batches_per_item == 1:
+                yield np.sort(group[0]).tolist()
+            else:
+                yield tuple(np.sort(batch) for batch in group)
 
     def __len__(self) -> int:
         """Batches this rank yields in a whole epoch (a resumed epoch yields fewer)."""

@@ -9,8 +9,8 @@ reported here, at open time, as a :class:`~enhanced_dm.errors.DataFileError` nam
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +23,10 @@ import scipy.sparse as sp
 
 from enhanced_dm.errors import DataFileError
 
-__all__ = ["RowBlock", "Source", "concat_row_blocks", "open_source"]
+__all__ = ["HeldRows", "RowBlock", "Source", "concat_row_blocks", "open_source"]
 
 # Rows whose byte ranges are closer than this many stored values are read in one h5py call.
 _COALESCE_GAP = 32_768
-# Backed reads that take several rows from each 64-row chunk go through a per-handle LRU of whole
-# chunks: a shuffled batch draws a few rows from many blocks and the next batches of the same
-# shuffle pool draw the rest, so each chunk is read from disk once instead of once per batch.
-_CHUNK_ROWS = 64
-_CACHED_CHUNKS = 64
-_MIN_ROWS_PER_CHUNK = 4
 # Backed files: the setup-time value check reads this many evenly spaced spans of stored values.
 _SAMPLE_SPANS = 16
 # numpy dtype kinds a matrix may hold: bool, signed / unsigned integer, float.
@@ -48,12 +42,40 @@ class RowBlock:
     data: np.ndarray
 
 
+@dataclass
+class HeldRows:
+    """CSR arrays that hold some rows of a matrix, from which any subset is copied out.
+
+    ``rows`` are the matrix rows held, ascending, and row ``rows[i]`` spans
+    ``indptr[i]:indptr[i + 1]`` of ``indices`` / ``data``; ``rows=None`` means every row, row
+    ``r`` at position ``r`` (a whole in-memory or memory-mapped matrix: nothing is read ahead).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    rows: np.ndarray | None = None
+
+    def take(self, rows: np.ndarray) -> RowBlock:
+        """Copy of ``rows`` (matrix row numbers, all held, any order) as a new block."""
+        positions = rows if self.rows is None else np.searchsorted(self.rows, rows)
+        starts, ends = self.indptr[positions], self.indptr[positions + 1]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=indptr[1:])
+        return RowBlock(
+            indptr, _copy_ranges(self.indices, starts, ends), _copy_ranges(self.data, starts, ends)
+        )
+
+
 class Source:
     """Metadata of one dataset (obs, var) and a row reader for its matrix.
 
-    In memory the CSR arrays are numpy arrays; backed, only ``indptr`` is loaded and ``data`` /
-    ``indices`` are read with h5py in coalesced contiguous spans. The h5py file is opened lazily
-    and not pickled, so each DataLoader worker opens its own handle.
+    In memory the CSR arrays are numpy arrays. Backed, only ``indptr`` is loaded; ``data`` and
+    ``indices`` are memory-mapped when the file stores them contiguously and uncompressed
+    (``memory_map=True``, the default: rows are then copied straight from the page cache, with
+    no per-read library call), else read with h5py in coalesced contiguous spans (chunked or
+    compressed files). The h5py file and the map are opened lazily and not pickled, so each
+    DataLoader worker opens its own.
     """
 
     def __init__(
@@ -67,6 +89,7 @@ class Source:
         path: Path | None = None,
         element: str = "X",
         fingerprint: str = "",
+        memory_map: bool = True,
     ) -> None:
         self.name = name
         self.obs = obs
@@ -77,26 +100,35 @@ class Source:
         self.path = path
         self.element = element
         self.fingerprint = fingerprint
+        self.memory_map = memory_map
         self._matrix = matrix
         self._file: h5py.File | None = None
         self._indptr: np.ndarray | None = (
             matrix.indptr.astype(np.int64) if matrix is not None else None
         )
         self._dense = False
-        self._chunks: OrderedDict[int, RowBlock] = OrderedDict()
+        self._mapped: HeldRows | None = None
+        self._mapped_stat: tuple[int, int] | None = None
 
     @property
     def backed(self) -> bool:
         return self._matrix is None
 
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether backed reads copy rows from a memory map (known once the file is opened)."""
+        self._group()
+        return self._mapped is not None
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_file"] = None
-        state["_chunks"] = OrderedDict()
+        state["_mapped"] = None
         return state
 
     def close(self) -> None:
-        """Close the h5py handle if one is open (it reopens on the next read)."""
+        """Close the h5py handle and drop the memory map if open (both reopen on the next read)."""
+        self._mapped = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -109,6 +141,9 @@ class Source:
             self._dense = isinstance(node, h5py.Dataset)
             if self._indptr is None and not self._dense:
                 self._indptr = node["indptr"][:].astype(np.int64)
+            if self.memory_map and self._indptr is not None:
+                self._mapped = _map_csr(self.path, node, self._indptr)
+                self._mapped_stat = _stat(self.path)
         return self._file[self.element]
 
     @property
@@ -132,62 +167,39 @@ class Source:
         return int(node.size) if self._dense else int(node["data"].shape[0])
 
     def read_rows(self, rows: np.ndarray) -> RowBlock:
-        """CSR rows ``rows`` (sorted ascending for best speed; any order is honoured).
-
-        A failing disk read (a file damaged or replaced after setup) becomes a ``DataFileError``
-        naming the file and the rows.
-        """
+        """CSR rows ``rows``, in the order given."""
         rows = np.asarray(rows, dtype=np.int64)
+        return self.hold_rows(np.unique(rows)).take(rows)
+
+    def hold_rows(self, rows: np.ndarray) -> HeldRows:
+        """Make ``rows`` (ascending, unique) available to :meth:`HeldRows.take`.
+
+        In memory or memory-mapped this reads nothing (the whole matrix is held); otherwise the
+        rows are read from disk once, so the batches of one shuffle pool share one read. A
+        failing disk read, or a file changed since it was opened (size or modification time;
+        reading a truncated memory map would crash the process), is a ``DataFileError`` naming
+        the file and the rows.
+        """
         if self._matrix is not None:
-            return _gather_rows(self._matrix.indptr, self._matrix.indices, self._matrix.data, rows)
+            assert self._indptr is not None
+            return HeldRows(self._indptr, self._matrix.indices, self._matrix.data)
         try:
             node = self._group()
+            if self._mapped is not None:
+                if _stat(self.path) != self._mapped_stat:
+                    raise OSError("the file changed after it was opened")
+                return self._mapped
             if self._dense:
-                return _dense_rows(node, rows)
+                block = _dense_rows(node, rows)
+                return HeldRows(block.indptr, block.indices, block.data, rows)
             assert self._indptr is not None
-            chunk_n = rows // _CHUNK_ROWS
-            if len(rows) >= _MIN_ROWS_PER_CHUNK * len(np.unique(chunk_n)):
-                return self._read_through_chunks(node, rows, chunk_n)
-            return _read_backed_rows(self._indptr, node["indices"], node["data"], rows)
+            return _read_spans(self._indptr, node["indices"], node["data"], rows)
         except (OSError, KeyError, ValueError) as error:
             first = rows[:3].tolist()
             raise DataFileError(
                 f"{self.where}: reading rows {first}... failed ({type(error).__name__}: {error}); "
                 "was the file changed or damaged after setup?"
             ) from error
-
-    def _read_through_chunks(self, node: Any, rows: np.ndarray, chunk_n: np.ndarray) -> RowBlock:
-        """Rows served from cached 64-row chunks; missing chunks are read in contiguous runs."""
-        assert self._indptr is not None
-        indptr, n_rows = self._indptr, self.n_obs
-        needed = np.unique(chunk_n)
-        missing = [int(c) for c in needed if int(c) not in self._chunks]
-        run_breaks: Any = np.flatnonzero(np.diff(missing) != 1) + 1 if missing else []
-        for run in np.split(np.asarray(missing, dtype=np.int64), run_breaks) if missing else []:
-            first, stop = int(run[0]) * _CHUNK_ROWS, min((int(run[-1]) + 1) * _CHUNK_ROWS, n_rows)
-            low, high = int(indptr[first]), int(indptr[stop])
-            indices, data = node["indices"][low:high], node["data"][low:high]
-            for chunk in run.tolist():
-                start, end = chunk * _CHUNK_ROWS, min((chunk + 1) * _CHUNK_ROWS, n_rows)
-                a, b = int(indptr[start]) - low, int(indptr[end]) - low
-                local = indptr[start : end + 1] - indptr[start]
-                self._chunks[chunk] = RowBlock(local, indices[a:b], data[a:b])
-        order = np.argsort(rows, kind="stable")
-        sorted_rows, sorted_chunks = rows[order], chunk_n[order]
-        parts = []
-        for chunk in needed.tolist():
-            self._chunks.move_to_end(chunk)
-            block = self._chunks[chunk]
-            local = sorted_rows[sorted_chunks == chunk] - chunk * _CHUNK_ROWS
-            parts.append(_gather_rows(block.indptr, block.indices, block.data, local))
-        while len(self._chunks) > max(_CACHED_CHUNKS, len(needed)):
-            self._chunks.popitem(last=False)
-        result = concat_row_blocks(parts)
-        if np.array_equal(order, np.arange(len(rows))):
-            return result
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(rows))
-        return _gather_rows(result.indptr, result.indices, result.data, inverse)
 
     def sample_values(self, max_values: int = 200_000) -> np.ndarray:
         """Up to ``max_values`` stored values for the setup-time input check.
@@ -253,55 +265,84 @@ def concat_row_blocks(blocks: list[RowBlock]) -> RowBlock:
     )
 
 
-def _gather_rows(
-    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray
-) -> RowBlock:
-    """Vectorized CSR row gather from in-memory arrays."""
-    starts = indptr[rows].astype(np.int64)
-    return _gather_ranges(starts, indptr[rows + 1].astype(np.int64) - starts, indices, data)
+def _copy_ranges(array: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``array[starts[i]:ends[i]]`` for every i, concatenated into a new array.
+
+    Adjacent ranges are merged first, so a run of consecutive rows is one slice; each slice is
+    a view, and the single ``concatenate`` is the only copy (a memcpy per slice).
+    """
+    if len(starts) == 0:
+        return array[:0].copy()
+    breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+    firsts = starts[np.concatenate(([0], breaks))].tolist()
+    lasts = ends[np.concatenate((breaks - 1, [len(ends) - 1]))].tolist()
+    return np.concatenate([array[low:high] for low, high in zip(firsts, lasts, strict=True)])
 
 
-def _gather_ranges(
-    starts: np.ndarray, lengths: np.ndarray, indices: np.ndarray, data: np.ndarray
-) -> RowBlock:
-    """Rows given as (start, length) ranges of ``indices``/``data``, gathered without a loop."""
-    out_indptr = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out_indptr[1:])
-    positions = np.repeat(starts - out_indptr[:-1], lengths) + np.arange(out_indptr[-1])
-    return RowBlock(out_indptr, indices[positions], data[positions])
-
-
-def _read_backed_rows(
+def _read_spans(
     indptr: np.ndarray, indices: h5py.Dataset, data: h5py.Dataset, rows: np.ndarray
-) -> RowBlock:
-    """Read rows from disk: rows close together are merged into spans, one h5py read per span.
+) -> HeldRows:
+    """Read ``rows`` (ascending) from disk in contiguous spans, one h5py read per span.
 
-    Merging (scDataset's fetch-factor idea) turns many small random reads into few large ones.
+    Rows closer than ``_COALESCE_GAP`` stored values share a span (scDataset's fetch-factor
+    idea: few large reads instead of many small ones); the rows in between are read too and
+    held, so the result holds every row from each span's first to its last.
     """
     if len(rows) == 0:
-        return RowBlock(np.zeros(1, np.int64), np.zeros(0, indices.dtype), np.zeros(0, data.dtype))
-    order = np.argsort(rows, kind="stable")
-    starts = indptr[rows[order]]
-    ends = indptr[rows[order] + 1]
+        return HeldRows(np.zeros(1, np.int64), indices[:0], data[:0], rows)
+    starts, ends = indptr[rows], indptr[rows + 1]
     breaks = np.flatnonzero(starts[1:] - ends[:-1] > _COALESCE_GAP) + 1
-    span_first = np.concatenate([[0], breaks])
-    span_last = np.concatenate([breaks, [len(rows)]]) - 1
-    buffer_starts = np.empty_like(starts)
-    chunks_indices, chunks_data, offset = [], [], 0
-    for first, last in zip(span_first, span_last, strict=True):
-        low, high = int(starts[first]), int(ends[first : last + 1].max())
-        chunks_indices.append(indices[low:high])
-        chunks_data.append(data[low:high])
-        buffer_starts[first : last + 1] = starts[first : last + 1] - low + offset
-        offset += high - low
-    row_starts = np.empty_like(buffer_starts)
-    row_starts[order] = buffer_starts
-    return _gather_ranges(
-        row_starts,
-        indptr[rows + 1] - indptr[rows],
-        np.concatenate(chunks_indices),
-        np.concatenate(chunks_data),
+    first_rows = rows[np.concatenate(([0], breaks))]
+    last_rows = rows[np.concatenate((breaks - 1, [len(rows) - 1]))]
+    lows, highs = indptr[first_rows], indptr[last_rows + 1]
+    offsets = np.concatenate(([0], np.cumsum(highs - lows)))
+    out_indices = np.empty(int(offsets[-1]), dtype=indices.dtype)
+    out_data = np.empty(int(offsets[-1]), dtype=data.dtype)
+    held_rows, held_indptr = [], []
+    for first, last, low, high, offset in zip(
+        first_rows.tolist(),
+        last_rows.tolist(),
+        lows.tolist(),
+        highs.tolist(),
+        offsets[:-1].tolist(),
+        strict=True,
+    ):
+        if high > low:  # plain slices take h5py's fast path (read_direct is slower here)
+            out_indices[offset : offset + high - low] = indices[low:high]
+            out_data[offset : offset + high - low] = data[low:high]
+        held_rows.append(np.arange(first, last + 1))
+        held_indptr.append(indptr[first : last + 1] - low + offset)
+    held_indptr.append(offsets[-1:])
+    return HeldRows(np.concatenate(held_indptr), out_indices, out_data, np.concatenate(held_rows))
+
+
+def _map_csr(path: Path, group: h5py.Group, indptr: np.ndarray) -> HeldRows | None:
+    """The whole CSR matrix with ``data`` / ``indices`` memory-mapped, or None if impossible.
+
+    Possible when both are stored contiguously (not chunked), unfiltered, allocated and in the
+    machine's byte order: their bytes then lie as-is at ``get_offset()`` in the file.
+    """
+    arrays = []
+    for name in ("indices", "data"):
+        dataset = group[name]
+        offset = dataset.id.get_offset()
+        if dataset.chunks is not None or offset is None or not dataset.dtype.isnative:
+            return None
+        arrays.append((dataset.dtype, int(dataset.shape[0]), int(offset)))
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    indices, data = (
+        np.frombuffer(mapped, dtype=dtype, count=count, offset=offset)
+        for dtype, count, offset in arrays
     )
+    return HeldRows(indptr, indices, data)
+
+
+def _stat(path: Path | None) -> tuple[int, int]:
+    """Size and modification time: how a backed read notices a file changed under it."""
+    assert path is not None
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _dense_rows(node: h5py.Dataset, rows: np.ndarray) -> RowBlock:
@@ -398,9 +439,15 @@ def _check_path(path: Path) -> None:
 
 
 def open_source(
-    data: str | os.PathLike[str] | anndata.AnnData, *, backed: bool, layer: str | None, index: int
+    data: str | os.PathLike[str] | anndata.AnnData,
+    *,
+    backed: bool,
+    layer: str | None,
+    index: int,
+    memory_map: bool = True,
 ) -> Source:
-    """Open one dataset: metadata always, the matrix in memory unless ``backed``."""
+    """Open one dataset: metadata always, the matrix in memory unless ``backed`` (then
+    memory-mapped where the file allows and ``memory_map``, see :class:`Source`)."""
     if isinstance(data, anndata.AnnData):
         name = f"<AnnData #{index}>"
         element = "X" if layer is None else f"layers/{layer}"
@@ -450,4 +497,5 @@ def open_source(
         path=path,
         element=element,
         fingerprint=_file_fingerprint(path),
+        memory_map=memory_map,
     )

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from enhanced_dm.data.sources import RowBlock, Source, concat_row_blocks, open_source
+from enhanced_dm.data.sources import HeldRows, RowBlock, Source, concat_row_blocks, open_source
 from enhanced_dm.errors import ConfigError, DataFileError
 
 __all__ = ["CellStore", "DataInput", "ValueCheck", "check_values"]
@@ -122,11 +122,12 @@ class CellStore:
         counts: bool | Literal["auto"] = "auto",
         categories: Mapping[str, Sequence[str]] | None = None,
         max_open_files: int = 64,
+        memory_map: bool = True,
     ) -> None:
         if gene_join not in ("outer", "inner"):
             raise ConfigError(f"gene_join must be 'outer' or 'inner', got {gene_join!r}")
         self.sources = [
-            open_source(item, backed=backed, layer=layer, index=index)
+            open_source(item, backed=backed, layer=layer, index=index, memory_map=memory_map)
             for index, item in enumerate(_expand_inputs(data))
         ]
         self.backed = backed
@@ -344,19 +345,42 @@ class CellStore:
 
     def read(self, rows: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
         """A CSR batch of the given global rows (returned in ascending order of row index)."""
-        rows = np.unique(np.asarray(rows, dtype=np.int64))
-        if len(rows) and (rows[0] < 0 or rows[-1] >= self.n_obs):
+        return self.read_batches([rows])[0]
+
+    def read_batches(
+        self, batches: Sequence[Sequence[int] | np.ndarray]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Several CSR batches (each in ascending row order) from one read of their rows.
+
+        The batches of one shuffle pool draw their rows from the same blocks: reading the union
+        once per source (:meth:`Source.hold_rows`) and cutting the batches from it reads each
+        block once instead of once per batch.
+        """
+        wanted = [np.unique(np.asarray(rows, dtype=np.int64)) for rows in batches]
+        every = np.unique(np.concatenate(wanted)) if wanted else np.zeros(0, np.int64)
+        if len(every) and (every[0] < 0 or every[-1] >= self.n_obs):
             raise IndexError(f"row index out of range [0, {self.n_obs})")
+        source_ids = np.searchsorted(self.offsets, every, side="right") - 1
+        held: dict[int, HeldRows] = {}
+        for source_index in np.unique(source_ids).tolist():
+            self._touch(source_index)
+            local = every[source_ids == source_index] - self.offsets[source_index]
+            held[source_index] = self.sources[source_index].hold_rows(local)
+        return [self._batch(rows, held) for rows in wanted]
+
+    def _batch(self, rows: np.ndarray, held: Mapping[int, HeldRows]) -> dict[str, torch.Tensor]:
+        """The batch dict of ``rows`` (ascending), cut from the rows each source holds."""
         source_ids = np.searchsorted(self.offsets, rows, side="right") - 1
         blocks: list[RowBlock] = []
         totals: list[np.ndarray] = []
-        for source_index in np.unique(source_ids):
+        for source_index in np.unique(source_ids).tolist():
             local = rows[source_ids == source_index] - self.offsets[source_index]
-            self._touch(int(source_index))
-            block = self.sources[source_index].read_rows(local)
-            self._verify_block(int(source_index), block, local)
+            block = held[source_index].take(local)
+            self._verify_block(source_index, block, local)
             totals.append(_row_sums(block))
             blocks.append(_remap_columns(block, self._column_maps[source_index]))
+        if not blocks:
+            blocks = [RowBlock(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))]
         merged = concat_row_blocks(blocks)
         indptr, indices, data = merged.indptr, merged.indices, merged.data
         dtype = torch.int32 if self.is_counts else torch.float32
@@ -369,7 +393,10 @@ class CellStore:
             size=(len(rows), self.n_genes),
             check_invariants=False,
         )
-        total = self._obs_totals[rows] if self._obs_totals is not None else np.concatenate(totals)
+        if self._obs_totals is not None:
+            total = self._obs_totals[rows]
+        else:
+            total = np.concatenate(totals) if totals else np.zeros(0)
         batch = {
             "counts_ng": counts_ng,
             "total_counts_n": torch.from_numpy(np.asarray(total, dtype=np.float32)),

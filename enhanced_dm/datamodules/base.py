@@ -33,6 +33,7 @@ __all__ = ["BaseEnhancedDataModule", "resolve_normalization_type"]
 
 STATE_VERSION = 1
 _SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+_MAX_BATCHES_PER_ITEM = 16
 
 
 def resolve_normalization_type(
@@ -107,6 +108,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         block_size: int = 64,
         shuffle_buffer: int = 16,
         backed: bool = False,
+        memory_map: bool = True,
         num_workers: int = 0,
         pin_memory: bool = False,
         stats_cache_dir: str | Path | None = None,
@@ -171,6 +173,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         self.block_size = block_size
         self.shuffle_buffer = shuffle_buffer
         self.backed = backed
+        self.memory_map = memory_map
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.stats_cache_dir = stats_cache_dir
@@ -224,6 +227,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             self.store = CellStore(
                 self.data,
                 backed=self.backed,
+                memory_map=self.memory_map,
                 layer=self.layer,
                 genes=self.genes,
                 gene_join=self.gene_join,
@@ -488,7 +492,14 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             num_replicas=world_size,
             rank=rank,
             even_batches=shuffle,
+            batches_per_item=self._batches_per_pool() if shuffle else 1,
         )
+
+    def _batches_per_pool(self) -> int:
+        """Batches cut from one shuffle pool (``block_size * shuffle_buffer`` rows), read together
+        so each block is read once (at most 16, so a DataLoader item stays a few tens of MB)."""
+        pool_rows = self.block_size * self.shuffle_buffer
+        return min(_MAX_BATCHES_PER_ITEM, max(1, -(-pool_rows // self.batch_size)))
 
     def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
         self._ensure_fitted()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import anndata as ad
+import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 from enhanced_dm.data import CellStore
+from enhanced_dm.data.prepare import prepare_h5ad
+from enhanced_dm.errors import DataFileError
 from tests.helpers import shared_data
 
 WU2020 = "singlecell/wu2020_tcells_counts.h5ad"
@@ -112,19 +121,24 @@ def test_library_sizes_with_empty_rows_anywhere() -> None:
         )
 
 
-def test_backed_chunk_cache_serves_exactly_the_rows_asked_for() -> None:
-    """Shuffled-pool requests (many rows per 64-row chunk) go through the chunk cache; sparse
-    requests read directly. Both, in any order and across cache evictions, equal the file."""
+@pytest.mark.parametrize("mode", ["in memory", "h5py spans", "memory map"])
+def test_held_rows_serve_exactly_the_rows_asked_for(mode: str, mouse_mappable: str) -> None:
+    """Shuffle pools, repeated pools, an unsorted tail, scattered rows and half the file are
+    read through every reader (h5py spans: coalesced gaps hold unrequested rows) and equal the
+    file; a group of batches read together equals the batches read one by one."""
     path = shared_data("singlecell/mouse_10k_subset_counts.h5ad")
     expected = ad.read_h5ad(path).X
-    source = CellStore(path, backed=True).sources[0]
+    store = CellStore(mouse_mappable if mode == "memory map" else path, backed=mode != "in memory")
+    source = store.sources[0]
+    if mode != "in memory":
+        assert source.memory_mapped is (mode == "memory map")
     rng = np.random.default_rng(0)
     requests = [
-        np.sort(rng.choice(np.arange(640, 1664), 256, replace=False)),  # a shuffle pool: cached
-        np.sort(rng.choice(np.arange(640, 1664), 256, replace=False)),  # same chunks: cache hits
-        rng.choice(np.arange(9900, 10000), 60, replace=False),  # last, short chunk; unsorted
-        np.sort(rng.choice(10000, 64, replace=False)),  # scattered: direct reads
-        np.arange(0, 10000, 2),  # more chunks than the cache holds
+        np.sort(rng.choice(np.arange(640, 1664), 256, replace=False)),
+        np.sort(rng.choice(np.arange(640, 1664), 256, replace=False)),
+        rng.choice(np.arange(9900, 10000), 60, replace=False),
+        np.sort(rng.choice(10000, 64, replace=False)),
+        np.arange(0, 10000, 2),
     ]
     for rows in requests:
         block = source.read_rows(rows)
@@ -132,6 +146,39 @@ def test_backed_chunk_cache_serves_exactly_the_rows_asked_for() -> None:
             (block.data, block.indices, block.indptr), shape=(len(rows), expected.shape[1])
         )
         assert (got != expected[rows]).nnz == 0
-    assert len(source._chunks) == 157  # every chunk was needed at once
-    source.read_rows(np.arange(0, 256))
-    assert len(source._chunks) == 64  # then the least recently used are dropped
+    together = store.read_batches(requests[:4])
+    for rows, batch in zip(requests[:4], together, strict=True):
+        alone = store.read(rows)
+        for key in alone:
+            assert torch.equal(batch[key].to_dense(), alone[key].to_dense()), key
+
+
+def test_prepared_copy_is_the_same_h5ad_and_the_source_is_untouched(
+    mouse_mappable: str,
+) -> None:
+    path = shared_data("singlecell/mouse_10k_subset_counts.h5ad")
+    before = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    original, prepared = ad.read_h5ad(path), ad.read_h5ad(mouse_mappable)
+    assert (original.X != prepared.X).nnz == 0
+    pd.testing.assert_frame_equal(original.obs, prepared.obs)
+    pd.testing.assert_frame_equal(original.var, prepared.var)
+    with h5py.File(mouse_mappable, "r") as file:
+        assert all(file["X"][name].chunks is None for name in ("data", "indices", "indptr"))
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == before
+    with pytest.raises(DataFileError, match="already exists"):
+        prepare_h5ad(path, mouse_mappable)
+    with pytest.raises(DataFileError, match="layers/counts is missing"):
+        prepare_h5ad(path, Path(mouse_mappable).with_name("other.h5ad"), matrices=["layers/counts"])
+
+
+def test_a_memory_mapped_file_changed_after_opening_is_a_clear_error(
+    mouse_mappable: str, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy.h5ad"
+    shutil.copyfile(mouse_mappable, copy)
+    store = CellStore(str(copy), backed=True)
+    store.read([0, 1])
+    with open(copy, "ab") as handle:  # e.g. another process rewriting the file
+        handle.write(b"\0" * 16)
+    with pytest.raises(DataFileError, match="changed after it was opened"):
+        store.read([2, 3])
