@@ -14,8 +14,8 @@ class OutputStatsMetric(Metric):
     States are sums / min / max in float64, reduced across DDP ranks by torchmetrics, so
     ``compute()`` gives the global figures. Non-finite values are counted and left out of the
     moments, so one bad value does not hide the rest. The common all-finite case costs four reads
-    of the values (sum, sum of squares, non-zeros, min/max); a sparse input is summarized from
-    its stored values plus the implicit zeros.
+    of the values (float32 sum, sum of squares, non-zeros, min/max) accumulated into float64
+    states; a sparse input is summarized from its stored values plus the implicit zeros.
     """
 
     full_state_update = False
@@ -58,11 +58,16 @@ class OutputStatsMetric(Metric):
         if stored.dtype not in (torch.float32, torch.float64):
             stored = stored.to(torch.float32)
         self.cells += values.shape[0] if values.dim() else 1
-        total = stored.sum(dtype=torch.float64)
-        self.last_had_nonfinite = not bool(torch.isfinite(total))
-        if self.last_had_nonfinite:  # rare: drop NaN/inf before the moments
+        # A float32 (cascade) sum: ~70x faster on CPU than accumulating in float64, and NaN/inf
+        # exactly when a value is, or when finite values overflow float32 (the rare path below
+        # tells the two apart and then sums in float64).
+        total = stored.sum().to(torch.float64)
+        self.last_had_nonfinite = False
+        if not bool(torch.isfinite(total)):
             finite = torch.isfinite(stored)
-            self.nonfinite += stored.numel() - finite.sum()
+            n_nonfinite = stored.numel() - finite.sum()
+            self.last_had_nonfinite = bool(n_nonfinite > 0)
+            self.nonfinite += n_nonfinite
             stored = stored[finite]
             total = stored.sum(dtype=torch.float64)
         self.values += stored.numel() + implicit_zeros

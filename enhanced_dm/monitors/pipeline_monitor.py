@@ -75,8 +75,10 @@ class PipelineMonitor(nn.Module):
                 continue
             if torch.is_tensor(tensor) and torch.is_floating_point(tensor):
                 stored = tensor.values() if tensor.layout != torch.strided else tensor
-                # A sum is NaN/inf exactly when a value is (float64: no overflow from float32).
-                if not bool(torch.isfinite(stored.sum(dtype=torch.float64))):
+                # A sum is NaN/inf when a value is; a float32 overflow is told apart by isfinite.
+                if not bool(torch.isfinite(stored.sum())) and not bool(
+                    torch.isfinite(stored).all()
+                ):
                     self._nonfinite.append((name, key))
 
     def check_finite(self) -> None:

@@ -1,0 +1,74 @@
+"""The sparse and fast paths of the kernels and monitors give what the dense, plain forms give."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from enhanced_dm.monitors.input_stats import InputStatsMetric
+from enhanced_dm.monitors.output_stats import OutputStatsMetric
+from enhanced_dm.transforms import functional as F
+from tests.helpers import shared_data
+
+
+def as_torch_csr(matrix: sp.csr_matrix) -> torch.Tensor:
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(matrix.indptr.astype(np.int64)),
+        torch.from_numpy(matrix.indices.astype(np.int64)),
+        torch.from_numpy(matrix.data),
+        size=matrix.shape,
+    )
+
+
+@pytest.fixture(scope="module")
+def log_wu2020() -> sp.csr_matrix:
+    """wu2020 counts after total-count (1e4) and log1p: the input a z-score sees."""
+    counts = ad.read_h5ad(shared_data("singlecell/wu2020_tcells_counts.h5ad")).X[:300]
+    totals = np.asarray(counts.sum(1)).ravel()
+    scaled = sp.diags(1e4 / totals) @ counts.astype(np.float32)
+    return sp.csr_matrix(np.log1p(scaled.toarray()).astype(np.float32))
+
+
+@pytest.mark.parametrize("max_value", [None, 2.5])
+def test_sparse_standardize_equals_the_dense_form_bit_for_bit(
+    log_wu2020: sp.csr_matrix, max_value: float | None
+) -> None:
+    dense = torch.from_numpy(log_wu2020.toarray())
+    center = dense.mean(0)
+    scale = dense.std(0).clamp_min(1e-3)
+    expected = F.standardize(dense, center, scale, max_value)
+    got = F.standardize(as_torch_csr(log_wu2020), center, scale, max_value)
+    assert got.layout == torch.strided
+    assert torch.equal(got, expected)
+
+
+def test_input_stats_from_csr_equal_the_dense_count_with_explicit_zeros() -> None:
+    # Row 0: a count and an explicitly stored zero; row 1: only an explicit zero (a zero-count
+    # cell all the same); row 2: one count. Genes 2 and 3 are never expressed.
+    counts = sp.csr_matrix(
+        (np.array([3, 0, 0, 2], np.int32), np.array([1, 3, 2, 0]), np.array([0, 2, 3, 4])),
+        shape=(3, 4),
+    )
+    assert counts.nnz == 4
+    sparse, dense = InputStatsMetric(4), InputStatsMetric(4)
+    sparse.update(as_torch_csr(counts))
+    dense.update(torch.from_numpy(counts.toarray()))
+    assert sparse.compute() == dense.compute()
+    assert sparse.compute()["zero_count_cells"] == 1.0
+    assert sparse.compute()["all_zero_genes"] == 2.0
+
+
+def test_output_stats_tell_a_float32_overflow_from_a_nan() -> None:
+    huge = torch.full((4, 8), 3e38)  # finite, but their float32 sum overflows
+    metric = OutputStatsMetric()
+    metric.update(huge)
+    assert not metric.last_had_nonfinite
+    assert metric.compute()["nonfinite_count"] == 0.0
+    assert metric.compute()["mean"] == pytest.approx(3e38, rel=1e-6)
+    huge[0, 0] = float("nan")
+    metric.update(huge)
+    assert metric.last_had_nonfinite
+    assert metric.compute()["nonfinite_count"] == 1.0
