@@ -209,30 +209,58 @@ def foreign_cores_now(seconds: float = 1.0) -> float:
     return meter.foreign_cores
 
 
+def tree_anonymous_bytes(root: int | None = None) -> int:
+    """Anonymous resident memory (``RssAnon``: heap, buffers) of a process and its descendants.
+
+    Unlike RSS it leaves out file pages mapped into the process: a memory-mapped h5ad shows in
+    RSS as the pages read so far, yet those are the kernel's page cache, shared and reclaimable.
+    """
+    children = _children_map()
+    total, stack = 0, [os.getpid() if root is None else root]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/status", "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"RssAnon:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+        stack.extend(children.get(pid, ()))
+    return total
+
+
 class PeakMemorySampler:
-    """Sample the process tree's RSS in a background thread and keep the maximum."""
+    """Sample the process tree's RSS and anonymous memory in a background thread; keep maxima."""
 
     def __init__(self, interval_s: float = 0.05) -> None:
         self.interval_s = interval_s
         self.baseline_bytes = 0
         self.peak_bytes = 0
+        self.peak_anonymous_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, tree_rss_bytes())
+        self.peak_anonymous_bytes = max(self.peak_anonymous_bytes, tree_anonymous_bytes())
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes())
+            self._sample()
 
     def __enter__(self) -> PeakMemorySampler:
         self.baseline_bytes = tree_rss_bytes()
         self.peak_bytes = self.baseline_bytes
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, tree_rss_bytes())
+        self._sample()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,6 +279,7 @@ class Measurement:
     setup_s: float = float("nan")
     peak_rss_mb: float = float("nan")
     peak_rss_delta_mb: float = float("nan")
+    peak_anonymous_mb: float = float("nan")
     mean_batch_entropy_bits: float = float("nan")
     mean_batch_size: float = float("nan")
     nnz_per_cell: float = float("nan")
@@ -345,6 +374,7 @@ def measure(
     result.nnz_per_cell = nonzeros / max(nonzero_cells, 1)
     result.peak_rss_mb = memory.peak_bytes / 2**20
     result.peak_rss_delta_mb = (memory.peak_bytes - memory.baseline_bytes) / 2**20
+    result.peak_anonymous_mb = memory.peak_anonymous_bytes / 2**20
     if elapsed >= max_seconds and batches < min_batches:
         result.note = f"stopped at max_seconds={max_seconds:.0f} with {batches} batches"
     return result
