@@ -23,13 +23,19 @@ the subsample (possible only above ``max_cells``) is left unfitted and falls bac
 statistics. The fitting pass must present every train cell once (as the fitting driver does):
 a repeated cell index would be kept twice.
 
-Memory: the kept rows, ``max_cells x n_genes`` float32 (100,000 x 2,000 genes = 800 MB), plus one
-int64 priority and one group code per kept cell; the subsample is never copied whole (rows are
-replaced in place, blocks are never concatenated outside DDP synchronization), and statistics are
-computed one gene chunk at a time (:meth:`CellSubsampleMetric.gene_chunks`). Under DDP each rank
-keeps its own bottom-k; before the ``cat`` gather every rank drops the cells that cannot be in the
-global bottom-k, so the gathered subsample has ``max_cells`` rows in all (not ``world_size`` times
-that).
+Memory: the kept rows are stored sparse (CSR without row pointers): 4 bytes of value and 4 of
+gene index per stored value, plus 8 bytes of row length, 8 of priority and 8 of group code per kept
+row. For log-normalized counts that is ``8 x max_cells x nnz per cell`` (100,000 cells of 200
+detected genes: 160 MB), at most twice the dense ``max_cells x n_genes`` float32 for fully dense
+rows. Rows leaving the subsample are only marked; once more than ``max_cells / 4`` are marked they
+are dropped block by block, so the store holds at most ``1.25 x max_cells`` rows and dropping
+copies one block (about ``max_cells / 8`` rows) at a time. A batch adds a block of only the rows it
+keeps (a dense batch is made sparse row by row); nothing of batch or subsample size is densified.
+Statistics are computed on one dense gene chunk of the kept rows at a time (about 8 M values,
+32 MB: :meth:`CellSubsampleMetric.gene_chunks`). Under DDP each rank keeps its own bottom-k;
+before the ``cat`` gather every rank copies the cells that can be in the global bottom-k into one
+block, so the gathered subsample has ``max_cells`` rows in all (not ``world_size`` times that);
+the rank's own store is kept alongside for torchmetrics to restore after ``compute``.
 """
 
 from __future__ import annotations
@@ -96,7 +102,8 @@ class CellSubsampleMetric(Metric):
     """Keeps ``batch[key]`` rows (and group codes) of the ``max_cells`` train cells of lowest priority.
 
     Subclasses implement :meth:`summarize` over the kept rows; :meth:`gene_chunks` reads them one
-    gene chunk at a time. Cells are identified by ``batch[index_key]`` (the global
+    dense gene chunk at a time. ``batch[key]`` may be dense or sparse CSR; rows are stored sparse
+    (see the module's "Memory"). Cells are identified by ``batch[index_key]`` (the global
     ``cell_index_n``), which must be unique across ranks. States are concatenated across ranks
     (``dist_reduce_fx="cat"``); :meth:`compute` keeps the global bottom ``max_cells`` of whatever
     it holds, so the result is identical on any number of ranks.
@@ -105,9 +112,13 @@ class CellSubsampleMetric(Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
-    # Lists while updating; torchmetrics turns each into one tensor after a DDP gather, which
-    # the readers below accept too.
-    values_kg: list[torch.Tensor]
+    # Axes: ``s`` stored values, ``k`` stored rows. Lists while updating (values, genes and row
+    # lengths one tensor per block; priorities and group codes one tensor, in the blocks' row
+    # order); torchmetrics turns each into one tensor after a DDP gather (one block), and
+    # ``merge_state`` concatenates the lists. The readers below accept every form.
+    values_s: list[torch.Tensor]
+    genes_s: list[torch.Tensor]
+    lengths_k: list[torch.Tensor]
     priority_k: list[torch.Tensor]
     group_k: list[torch.Tensor]
 
@@ -131,9 +142,9 @@ class CellSubsampleMetric(Metric):
         self.group_key = group_key
         self.n_groups = n_groups if group_key is not None else 0
         self.index_key = index_key
-        # Lists of tensors: values are blocks of rows (one per batch that brought new cells);
-        # priorities and group codes are one tensor each, in the blocks' row order.
-        self.add_state("values_kg", [], dist_reduce_fx="cat")
+        self.add_state("values_s", [], dist_reduce_fx="cat")
+        self.add_state("genes_s", [], dist_reduce_fx="cat")
+        self.add_state("lengths_k", [], dist_reduce_fx="cat")
         self.add_state("priority_k", [], dist_reduce_fx="cat")
         self.add_state("group_k", [], dist_reduce_fx="cat")
 
@@ -144,16 +155,12 @@ class CellSubsampleMetric(Metric):
                 f"{type(self).__name__} chooses its subsample by cell index: the batch needs "
                 f"{self.index_key!r}"
             )
-        values_bg = batch[self.key].to(torch.float32)
         priority_b = cell_priority(batch[self.index_key].reshape(-1), self.seed)
         if self.group_key is not None and self.n_groups > 0:
             group_b = batch[self.group_key].reshape(-1).to(torch.int64)
         else:
             group_b = torch.full_like(priority_b, -1)
-        if not self.priority_k:
-            self.priority_k.append(priority_b[:0])
-            self.group_k.append(group_b[:0])
-        priority_k, group_k = self.priority_k[0], self.group_k[0]
+        priority_k, group_k = self._priorities(), self._groups()
         stored = priority_k.shape[0]
 
         combined = torch.cat([priority_k, priority_b])
@@ -163,35 +170,70 @@ class CellSubsampleMetric(Metric):
         else:
             threshold = torch.kthvalue(combined, self.max_cells).values
             keep = combined <= threshold
-        free_slots = torch.nonzero(~keep[:stored]).flatten()
+        priority_k = torch.where(keep[:stored], priority_k, _DEAD)
         incoming = torch.nonzero(keep[stored:]).flatten()
-        n_into_slots = min(free_slots.numel(), incoming.numel())
-        into, rest = incoming[:n_into_slots], incoming[n_into_slots:]
-        slots = free_slots[:n_into_slots]
+        if incoming.numel():
+            values_s, genes_s, lengths_k = _sparse_rows(batch[self.key], incoming)
+            self._append_block(values_s, genes_s, lengths_k)
+            self._merge_tail()
+            priority_k = torch.cat([priority_k, priority_b[incoming]])
+            group_k = torch.cat([group_k, group_b[incoming]])
+        self.priority_k, self.group_k = [priority_k], [group_k]
+        if int((priority_k == _DEAD).sum()) > self.max_cells // 4:
+            self._drop_dead()
 
-        priority_k = priority_k.clone()
-        group_k = group_k.clone()
-        priority_k[free_slots] = _DEAD
-        priority_k[slots] = priority_b[into]
-        group_k[slots] = group_b[into]
-        self._write_rows(slots, values_bg[into])
-        if rest.numel():
-            self.values_kg.append(values_bg[rest].clone())
-            priority_k = torch.cat([priority_k, priority_b[rest]])
-            group_k = torch.cat([group_k, group_b[rest]])
-        self.priority_k[0], self.group_k[0] = priority_k, group_k
+    def _append_block(
+        self, values_s: torch.Tensor, genes_s: torch.Tensor, lengths_k: torch.Tensor
+    ) -> None:
+        """Add a block of rows (after those stored), turning gathered tensor states into lists."""
+        self.values_s = [*self._state_list(self.values_s), values_s]
+        self.genes_s = [*self._state_list(self.genes_s), genes_s]
+        self.lengths_k = [*self._state_list(self.lengths_k), lengths_k]
 
-    def _write_rows(self, slots: torch.Tensor, rows: torch.Tensor) -> None:
-        """Overwrite the kept rows at storage positions ``slots`` (in place, block by block)."""
-        if slots.numel() == 0:
-            return
-        sizes = torch.tensor([block.shape[0] for block in self.values_kg], device=slots.device)
-        ends = torch.cumsum(sizes, 0)
-        block_of_slot = torch.searchsorted(ends, slots, right=True)
-        for block_index in torch.unique(block_of_slot).tolist():
-            selected = block_of_slot == block_index
-            start = int(ends[block_index] - sizes[block_index])
-            self.values_kg[block_index][slots[selected] - start] = rows[selected]
+    def _merge_tail(self) -> None:
+        """Merge the last two blocks while the last is at least as long as the one before and
+        both fit in ``max_cells / 8`` rows (a binary counter): few blocks, few copies per row."""
+        target_rows = max(1, self.max_cells // 8)
+        values, genes, lengths = (
+            self._state_list(state) for state in (self.values_s, self.genes_s, self.lengths_k)
+        )
+        while (
+            len(lengths) >= 2
+            and lengths[-2].shape[0] <= lengths[-1].shape[0]
+            and lengths[-2].shape[0] + lengths[-1].shape[0] <= target_rows
+        ):
+            for parts in (values, genes, lengths):
+                parts[-2:] = [torch.cat(parts[-2:])]
+        self.values_s, self.genes_s, self.lengths_k = values, genes, lengths
+
+    @staticmethod
+    def _state_list(state: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        return [state] if isinstance(state, torch.Tensor) else list(state)
+
+    def _drop_dead(self) -> None:
+        """Remove the rows that left the subsample, merging consecutive blocks up to about
+        ``max_cells / 8`` rows; old blocks are released one by one, so no second full copy."""
+        alive_k = self._priorities() != _DEAD
+        target_rows = max(1, self.max_cells // 8)
+        old = list(self._block_rows())
+        self.values_s, self.genes_s, self.lengths_k = [], [], []
+        old.reverse()  # pop() from the end releases the blocks in storage order
+        pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        while old:
+            block, start, stop = old.pop()
+            pending.append(_select_rows(*block, alive_k[start:stop]))
+            del block
+            if not old or sum(piece[2].shape[0] for piece in pending) >= target_rows:
+                if len(pending) == 1:
+                    self._append_block(*pending[0])
+                else:
+                    values_s, genes_s, lengths_k = (
+                        torch.cat(parts) for parts in zip(*pending, strict=True)
+                    )
+                    self._append_block(values_s, genes_s, lengths_k)
+                pending.clear()
+        self.priority_k = [self._priorities()[alive_k]]
+        self.group_k = [self._groups()[alive_k]]
 
     # ------------------------------------------------------------------------- DDP gather
     def _sync_dist(
@@ -222,43 +264,72 @@ class CellSubsampleMetric(Metric):
         }
 
     def _compact(self, keep_k: torch.Tensor) -> None:
-        """Keep only the rows where ``keep_k`` holds (one block), so that the gather sends no more."""
-        if not self.priority_k:
-            return
-        self.values_kg = [self._rows(keep_k)] if bool(keep_k.any()) else []
-        self.priority_k = [self._priorities()[keep_k]] if self.values_kg else []
-        self.group_k = [self._groups()[keep_k]] if self.values_kg else []
+        """Keep only the rows where ``keep_k`` holds, as one block (possibly empty, but typed, so
+        that every rank gathers tensors of the same dtypes), so the gather sends no more."""
+        pieces = [
+            _select_rows(values_s, genes_s, lengths_k, keep_k[start:stop])
+            for (values_s, genes_s, lengths_k), start, stop in self._block_rows()
+        ]
+        empty = (
+            torch.zeros(0, dtype=torch.float32, device=self.device),
+            torch.zeros(0, dtype=torch.int32, device=self.device),
+            torch.zeros(0, dtype=torch.int64, device=self.device),
+        )
+        values_s, genes_s, lengths_k = (
+            torch.cat(parts) for parts in zip(empty, *pieces, strict=True)
+        )
+        self.values_s, self.genes_s, self.lengths_k = [values_s], [genes_s], [lengths_k]
+        self.priority_k = [self._priorities()[keep_k]]
+        self.group_k = [self._groups()[keep_k]]
 
     # ----------------------------------------------------------------------------- reading
     def _priorities(self) -> torch.Tensor:
-        if isinstance(self.priority_k, torch.Tensor):
-            return self.priority_k
-        if not self.priority_k:
-            return torch.zeros(0, dtype=torch.int64, device=self.device)
-        return dim_zero_cat(self.priority_k)
+        return self._row_state(self.priority_k)
 
     def _groups(self) -> torch.Tensor:
-        if isinstance(self.group_k, torch.Tensor):
-            return self.group_k
-        if not self.group_k:
+        return self._row_state(self.group_k)
+
+    def _row_state(self, state: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """One int64 tensor of a per-row state (lists are concatenated)."""
+        if isinstance(state, torch.Tensor):
+            return state
+        if not state:
             return torch.zeros(0, dtype=torch.int64, device=self.device)
-        return dim_zero_cat(self.group_k)
+        return dim_zero_cat(state)
 
-    def _blocks(self) -> list[torch.Tensor]:
-        values = self.values_kg
-        return [values] if isinstance(values, torch.Tensor) else list(values)
+    def _blocks(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(values_s, genes_s, crow_k)`` of each stored block: its stored values, their gene
+        indices and the CSR row pointers (rows in storage order)."""
+        blocks = []
+        for values_s, genes_s, lengths_k in zip(
+            self._state_list(self.values_s),
+            self._state_list(self.genes_s),
+            self._state_list(self.lengths_k),
+            strict=True,
+        ):
+            crow_k = torch.zeros(lengths_k.shape[0] + 1, dtype=torch.int64, device=lengths_k.device)
+            torch.cumsum(lengths_k, 0, out=crow_k[1:])
+            blocks.append((values_s, genes_s, crow_k))
+        return blocks
 
-    def _rows(self, keep_k: torch.Tensor, genes: slice = slice(None)) -> torch.Tensor:
-        """Kept rows selected by ``keep_k`` (storage order), restricted to ``genes``."""
-        pieces, start = [], 0
-        for block in self._blocks():
-            stop = start + block.shape[0]
-            pieces.append(block[:, genes][keep_k[start:stop]])
+    def _block_rows(
+        self,
+    ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], int, int]]:
+        """``((values_s, genes_s, lengths_k), start, stop)``: each block and its rows' range."""
+        start = 0
+        for block in zip(
+            self._state_list(self.values_s),
+            self._state_list(self.genes_s),
+            self._state_list(self.lengths_k),
+            strict=True,
+        ):
+            stop = start + block[2].shape[0]
+            yield block, start, stop
             start = stop
-        if not pieces:
-            width = len(range(self.n_features)[genes])
-            return torch.zeros(0, width, dtype=torch.float32, device=self.device)
-        return torch.cat(pieces)
+
+    def stored_rows(self) -> int:
+        """Rows held, in the subsample or waiting to be dropped (at most ``1.25 x max_cells``)."""
+        return int(self._priorities().shape[0])
 
     def subsample_mask(self) -> torch.Tensor:
         """Which stored rows are in the (global) bottom ``max_cells``."""
@@ -269,15 +340,35 @@ class CellSubsampleMetric(Metric):
         return priority_k <= torch.kthvalue(priority_k, self.max_cells).values
 
     def gene_chunks(self, keep_k: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
-        """``(genes, values_nc)`` for consecutive gene chunks of the rows selected by ``keep_k``.
+        """``(genes, values_nc)``: consecutive gene chunks of the rows selected by ``keep_k``, dense.
 
-        Chunks hold about 8 M values (32 MB), so summaries that sort never hold the whole matrix.
+        Chunks hold about 8 M values (32 MB), so summaries that sort never hold the whole matrix;
+        each is scattered from the stored values of its genes (rows in storage order).
         """
-        n_rows = max(int(keep_k.sum()), 1)
-        width = max(1, _GENE_CHUNK_ELEMENTS // n_rows)
-        for start in range(0, self.n_features, width):
-            genes = slice(start, min(start + width, self.n_features))
-            yield genes, self._rows(keep_k, genes)
+        n_rows = int(keep_k.sum())
+        width = max(1, _GENE_CHUNK_ELEMENTS // max(n_rows, 1))
+        blocks = []  # (values_s, genes_s, crow_k, output row of each block row or -1)
+        offset = 0
+        for (values_s, genes_s, crow_k), (_, start, stop) in zip(
+            self._blocks(), self._block_rows(), strict=True
+        ):
+            selected_k = keep_k[start:stop]
+            out_row_k = torch.where(selected_k, torch.cumsum(selected_k, 0) - 1 + offset, -1)
+            offset += int(selected_k.sum())
+            blocks.append((values_s, genes_s, crow_k, out_row_k))
+        for first in range(0, self.n_features, width):
+            last = min(first + width, self.n_features)
+            values_nc = torch.zeros(n_rows, last - first, dtype=torch.float32, device=self.device)
+            for values_s, genes_s, crow_k, out_row_k in blocks:
+                positions = torch.nonzero((genes_s >= first) & (genes_s < last)).flatten()
+                out_rows = out_row_k[torch.searchsorted(crow_k, positions, right=True) - 1]
+                selected = out_rows >= 0
+                positions = positions[selected]
+                values_nc.index_put_(
+                    (out_rows[selected], genes_s[positions].to(torch.int64) - first),
+                    values_s[positions],
+                )
+            yield slice(first, last), values_nc
 
     def sorted_chunks(self, keep_k: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """``(genes, sorted_nc)``: each gene chunk of the selected rows, sorted down the cells."""
@@ -305,3 +396,41 @@ class CellSubsampleMetric(Metric):
         """Statistics of the rows selected by ``keep_k`` (one group's, or all when ``group`` is
         None); names end in their axes (``_g``, ``_gq``), the per-group stack gains a ``b``."""
         raise NotImplementedError  # pragma: no cover
+
+
+def _sparse_rows(
+    x_ng: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(values_s float32, genes_s int32, lengths_k int64)`` of ``x_ng[rows]``, dense or CSR.
+
+    Dense rows keep every value whose bits are not all zero (so ``-0.0`` and NaN are kept, and
+    densifying gives back exactly the float32 rows); CSR rows keep their stored values.
+    """
+    if x_ng.layout == torch.strided:
+        rows_ng = x_ng[rows].to(torch.float32)
+        stored_ng = rows_ng.view(torch.int32) != 0
+        return (
+            rows_ng[stored_ng],
+            torch.nonzero(stored_ng)[:, 1].to(torch.int32),
+            stored_ng.sum(dim=1),
+        )
+    if x_ng.layout != torch.sparse_csr:
+        x_ng = x_ng.to_sparse_csr()
+    crow_n = x_ng.crow_indices().to(torch.int64)
+    lengths_n = crow_n[1:] - crow_n[:-1]
+    chosen_n = torch.zeros(lengths_n.shape[0], dtype=torch.bool, device=x_ng.device)
+    chosen_n[rows] = True
+    values_s, genes_s, lengths_k = _select_rows(
+        x_ng.values(), x_ng.col_indices(), lengths_n, chosen_n
+    )
+    return values_s.to(torch.float32), genes_s.to(torch.int32), lengths_k
+
+
+def _select_rows(
+    values_s: torch.Tensor, genes_s: torch.Tensor, lengths_k: torch.Tensor, keep_k: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows of a CSR block (values, gene indices, row lengths) where ``keep_k`` holds."""
+    if bool(keep_k.all()):
+        return values_s, genes_s, lengths_k
+    keep_s = torch.repeat_interleave(keep_k, lengths_k)
+    return values_s[keep_s], genes_s[keep_s], lengths_k[keep_k]

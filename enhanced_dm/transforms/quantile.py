@@ -37,6 +37,8 @@ class QuantileNormalize(GroupedTransform):
     group), resized when fitted; memory ``(1 + n_groups) x n_genes x K`` float32.
     """
 
+    accepts_sparse = True  # the subsample keeps sparse rows; densified when applied
+
     quantiles_gq: torch.Tensor
     references_q: torch.Tensor
     quantiles_bgq: torch.Tensor
@@ -117,7 +119,7 @@ class QuantileNormalize(GroupedTransform):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
         if not self.fitted:
             raise FittingError(f"{self!r} is used before its quantiles were fitted")
-        x_ng = batch[self.key]
+        x_ng = F.densify(batch[self.key])
         distribution = self.output_distribution
         if self.n_groups == 0:
             return {

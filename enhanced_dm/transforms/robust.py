@@ -36,6 +36,8 @@ class RobustScale(CenterScaleTransform):
     use the global statistics.
     """
 
+    accepts_sparse = True  # the subsample keeps sparse rows; densified when applied
+
     center_g: torch.Tensor
     scale_g: torch.Tensor
     center_bg: torch.Tensor

@@ -27,6 +27,8 @@ def _rank_main(rank: int, world_size: int, init_file: str, out_dir: str) -> None
     metric = QuantileStatsMetric(x.shape[1], n_quantiles=100, max_cells=500, seed=5)
     rows = np.nonzero((np.arange(len(x)) // 100) % world_size == rank)[0]
     for batch in batches({"x_ng": x}, 64, rows):
+        if rank == 0:  # one rank sends CSR (as the pipeline does), the other dense rows
+            batch = {**batch, "x_ng": batch["x_ng"].to_sparse_csr()}
         metric.update(batch)
     result = metric.compute()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
