@@ -5,7 +5,7 @@
 1. Correctness: ``x_ng`` (and the hierarchical DataModule's context tensors) normalized on the GPU
    by ``on_after_batch_transfer`` equal the CPU result (max abs difference reported and checked).
 2. Lightning: ``trainer.fit`` for one epoch with ``accelerator="gpu"`` and the stats callback; the
-   model asserts it receives dense CUDA tensors. Again from a memory-mapped backed copy with two
+   model asserts it receives dense CUDA tensors. Again from a directly read backed copy with two
    workers and ``pin_memory=True`` (pinned sparse CSR batches).
 3. Timings at batch 256 and 4096 on a synthetic in-memory dataset (``--genes``, ``--nnz``): loader
    only (CPU read of CSR batches), transfer + device pipeline, and the device pipeline alone, in
@@ -130,7 +130,7 @@ def throughput(adata: ad.AnnData, batch_size: int, device: torch.device) -> dict
 
 
 def pinned_fit(pbmc: Path, device: torch.device, log_dir: Path) -> dict[str, Any]:
-    """One epoch from a memory-mapped backed copy, two workers, ``pin_memory=True``: the sparse
+    """One epoch from a directly read backed copy, two workers, ``pin_memory=True``: the sparse
     CSR batches are pinned by the DataLoader and copied to the device."""
     with tempfile.TemporaryDirectory() as folder:
         mappable = prepare_h5ad(pbmc, Path(folder) / "pbmc_mappable.h5ad")
@@ -155,7 +155,7 @@ def pinned_fit(pbmc: Path, device: torch.device, log_dir: Path) -> dict[str, Any
         trainer.fit(DeviceProbe(dm.n_genes, len(dm.categories["cell_type"])), datamodule=dm)
         return {
             "steps": trainer.global_step,
-            "memory_mapped": dm.store.sources[0].memory_mapped,
+            "direct_reads": dm.store.sources[0].reads_directly,
             "pin_memory": dm.pin_memory,
         }
 

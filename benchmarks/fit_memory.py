@@ -8,9 +8,9 @@ split, a fresh statistics cache), so its peak resident memory (``ru_maxrss``) is
 interpreter and libraries, the backed reader, the ``stats_max_cells`` subsample and the working
 memory of the statistics. The target is < 2 GiB at 1,000,000 cells x 2,000 genes with the default
 ``stats_max_cells=100_000``; the subsample keeps its rows sparse (``8 x stats_max_cells x nnz per
-cell`` bytes, see :mod:`enhanced_dm.fitting.subsample`). ``ru_maxrss`` also counts the pages of a
-memory-mapped input file that were read (clean page cache, given back under pressure), so the
-peak of the anonymous resident memory (``RssAnon``, sampled every 10 ms) is recorded beside it.
+cell`` bytes, see :mod:`enhanced_dm.fitting.subsample`). The peak of the anonymous resident
+memory (``RssAnon``, sampled every 10 ms) is recorded beside it. ``--no-direct-read`` reads with
+h5py instead of positional reads (what chunked or compressed files get).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class AnonPeak:
 
 
 def fit_once(
-    data: str, normalization: str, stats_max_cells: int, batch_size: int, memory_map: bool = True
+    data: str, normalization: str, stats_max_cells: int, batch_size: int, direct_read: bool = True
 ) -> dict[str, Any]:
     """Fit one normalization in this process; time and peak RSS."""
     import anndata
@@ -82,7 +82,7 @@ def fit_once(
             stats_max_cells=stats_max_cells,
             stats_cache_dir=cache,
             progress=False,
-            memory_map=memory_map,
+            direct_read=direct_read,
         )
         with AnonPeak() as anon:
             started = time.perf_counter()
@@ -94,7 +94,7 @@ def fit_once(
         "genes": dm.n_genes,
         "stats_max_cells": stats_max_cells,
         "batch_size": batch_size,
-        "memory_map": memory_map,
+        "direct_read": direct_read,
         "setup_seconds": seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_anon_rss_gib": None if anon.peak_kib is None else anon.peak_kib / 2**20,
@@ -109,16 +109,16 @@ def main() -> None:
     parser.add_argument("--stats-max-cells", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument(
-        "--no-memory-map",
-        dest="memory_map",
+        "--no-direct-read",
+        dest="direct_read",
         action="store_false",
-        help="read backed rows with h5py instead of memory-mapping the CSR arrays",
+        help="read backed rows with h5py instead of positional reads",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         row = fit_once(
-            args.data, args.child, args.stats_max_cells, args.batch_size, args.memory_map
+            args.data, args.child, args.stats_max_cells, args.batch_size, args.direct_read
         )
         print(json.dumps(row))
         return
@@ -137,7 +137,7 @@ def main() -> None:
             str(args.stats_max_cells),
             "--batch-size",
             str(args.batch_size),
-            *([] if args.memory_map else ["--no-memory-map"]),
+            *([] if args.direct_read else ["--no-direct-read"]),
         ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))

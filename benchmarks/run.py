@@ -262,13 +262,13 @@ def targets(
         ),
         ("backed b1 vs AnnLoader", ours_b1, rows.get("anndata AnnLoader (backed, shuffled)"), 3.0),
         (
-            "(h5py reader, memory_map=False) backed b64 vs fastest scDataset",
+            "(h5py reader, direct_read=False) backed b64 vs fastest scDataset",
             rows.get("enhanced-dm backed b64 h5py"),
             _fastest(rows, "scDataset"),
             2.0,
         ),
         (
-            "(h5py reader, memory_map=False) backed b1 vs AnnLoader",
+            "(h5py reader, direct_read=False) backed b1 vs AnnLoader",
             rows.get("enhanced-dm backed b1 h5py"),
             rows.get("anndata AnnLoader (backed, shuffled)"),
             3.0,

@@ -47,7 +47,7 @@ USAGE = f"""usage: enhanced-dm {{{",".join(TASKS)}}} [hydra overrides...] [-m] [
   predict   run the model over every cell and save predictions.pt (give ckpt_path=...)
   stats     only fit the normalization and write its report (JSON + PNG plots)
   prepare   SOURCE.h5ad TARGET.h5ad [--layer NAME ...] [--overwrite]: copy with X (and the
-            named layers) stored contiguous and uncompressed, so backed reads memory-map it
+            named layers) stored contiguous and uncompressed, for fast direct backed reads
 
 examples:
   enhanced-dm fit
@@ -342,7 +342,8 @@ def prepare(arguments: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="enhanced-dm prepare",
         description="Copy an .h5ad with X (and the named layers) stored contiguous and "
-        "uncompressed, so that backed=True reads memory-map it. The source is only read.",
+        "uncompressed, so that backed=True reads it with direct positional reads. The source "
+        "is only read.",
     )
     parser.add_argument("source", help="the .h5ad to copy")
     parser.add_argument("target", help="where to write the copy")

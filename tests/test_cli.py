@@ -185,7 +185,7 @@ def test_prepare_writes_a_mappable_copy_and_refuses_to_overwrite(tmp_path: Path)
     target = tmp_path / "wu2020.h5ad"
     result = enhanced_dm("prepare", source, str(target), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert CellStore(str(target), backed=True).sources[0].memory_mapped
+    assert CellStore(str(target), backed=True).sources[0].reads_directly
     again = enhanced_dm("prepare", source, str(target), cwd=tmp_path)
     assert again.returncode == 1
     assert "already exists; pass overwrite=True" in again.stderr

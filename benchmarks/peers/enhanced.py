@@ -1,8 +1,8 @@
 """enhanced-dm's own configurations: THE SLOT FOR OUR LOADER.
 
 Rows: in memory and backed, block sizes 1 / 16 / 64 / 256, loader only (``normalization_type
-="none"``, no per-cell / per-gene step); backed with ``memory_map=False`` (h5py span reads, what
-chunked or compressed files get; a contiguous file is memory-mapped by default); plus backed block 64 with the base pipeline run on the
+="none"``, no per-cell / per-gene step); backed with ``direct_read=False`` (h5py span reads, what
+chunked or compressed files get; a contiguous file is read directly by default); plus backed block 64 with the base pipeline run on the
 CPU (total-count -> log1p -> z-score, i.e. ``dm.on_after_batch_transfer(batch, 0)`` on each
 batch, fitting included in the setup time). Batches are dicts with ``counts_ng`` (torch sparse
 CSR), ``cell_type_n`` and ``cell_index_n``.
@@ -129,13 +129,13 @@ def configs(
                 f"enhanced-dm backed b{block_size} h5py",
                 "enhanced",
                 setup=lambda s=block_size: enhanced_loader(
-                    settings, True, s, num_workers=num_workers, memory_map=False
+                    settings, True, s, num_workers=num_workers, direct_read=False
                 ),
                 skip=reason,
                 options={
                     "backed": True,
                     "block_size": block_size,
-                    "memory_map": False,
+                    "direct_read": False,
                     **LOADER_ONLY,
                 },
             )

@@ -1,4 +1,4 @@
-"""Optional layout conversion: rewrite an ``.h5ad`` so backed reads can memory-map its matrix.
+"""Optional layout conversion: rewrite an ``.h5ad`` so backed reads can read its matrix directly.
 
 ``anndata`` writes the CSR arrays of X chunked (and often gzip-compressed), so every backed read
 goes through HDF5's chunk machinery. :func:`prepare_h5ad` writes a copy whose ``data`` /

@@ -9,7 +9,6 @@ reported here, at open time, as a :class:`~enhanced_dm.errors.DataFileError` nam
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ class HeldRows:
 
     ``rows`` are the matrix rows held, ascending, and row ``rows[i]`` spans
     ``indptr[i]:indptr[i + 1]`` of ``indices`` / ``data``; ``rows=None`` means every row, row
-    ``r`` at position ``r`` (a whole in-memory or memory-mapped matrix: nothing is read ahead).
+    ``r`` at position ``r`` (a whole in-memory matrix: nothing is read ahead).
     """
 
     indptr: np.ndarray
@@ -67,15 +66,94 @@ class HeldRows:
         )
 
 
+class DirectRows:
+    """``indices`` / ``data`` of a CSR matrix stored contiguously and uncompressed in an HDF5 file,
+    read with ``os.preadv`` at their byte offsets, straight into the output arrays.
+
+    One system call per run of consecutive rows and array, without HDF5's per-call selection
+    machinery; unlike a memory map, nothing stays mapped (resident memory does not grow with the
+    part of the file read) and a file truncated under us gives a short read, reported as a
+    ``DataFileError``, not a crash.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        indptr: np.ndarray,
+        layouts: tuple[tuple[np.dtype, int], tuple[np.dtype, int]],
+        where: str,
+    ) -> None:
+        self.path = path
+        self.indptr = indptr
+        self.layouts = layouts  # (dtype, byte offset) of indices, then data
+        self.where = where
+        self._fd = os.open(path, os.O_RDONLY)
+
+    @classmethod
+    def open(
+        cls, path: Path, group: h5py.Group, indptr: np.ndarray, where: str
+    ) -> DirectRows | None:
+        """A reader for ``group``'s arrays, or None when they are not readable this way: chunked
+        or filtered storage, unallocated (empty), another byte order, or no ``os.preadv``."""
+        if not hasattr(os, "preadv"):
+            return None
+        layouts = []
+        for name in ("indices", "data"):
+            dataset = group[name]
+            offset = dataset.id.get_offset()
+            if dataset.chunks is not None or offset is None or not dataset.dtype.isnative:
+                return None
+            layouts.append((dataset.dtype, int(offset)))
+        return cls(path, indptr, (layouts[0], layouts[1]), where)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def take(self, rows: np.ndarray) -> RowBlock:
+        """Rows ``rows`` (any order) read from the file as a new block."""
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=indptr[1:])
+        firsts, lasts = _merge_adjacent(starts, ends)
+        indices, data = (
+            self._read(dtype, offset, firsts, lasts, int(indptr[-1]))
+            for dtype, offset in self.layouts
+        )
+        return RowBlock(indptr, indices, data)
+
+    def _read(
+        self, dtype: np.dtype, offset: int, firsts: list[int], lasts: list[int], total: int
+    ) -> np.ndarray:
+        out = np.empty(total, dtype=dtype)
+        view, size, position = out.data.cast("B"), dtype.itemsize, 0
+        for first, last in zip(firsts, lasts, strict=True):
+            wanted = (last - first) * size
+            done = 0
+            while done < wanted:
+                got = os.preadv(
+                    self._fd,
+                    [view[position + done : position + wanted]],
+                    offset + first * size + done,
+                )
+                if got == 0:
+                    raise DataFileError(
+                        f"{self.where}: the file ends before byte {offset + last * size:,} "
+                        f"(values {first}-{last}); was it truncated or replaced after setup?"
+                    )
+                done += got
+            position += wanted
+        return out
+
+
 class Source:
     """Metadata of one dataset (obs, var) and a row reader for its matrix.
 
-    In memory the CSR arrays are numpy arrays. Backed, only ``indptr`` is loaded; ``data`` and
-    ``indices`` are memory-mapped when the file stores them contiguously and uncompressed
-    (``memory_map=True``, the default: rows are then copied straight from the page cache, with
-    no per-read library call), else read with h5py in coalesced contiguous spans (chunked or
-    compressed files). The h5py file and the map are opened lazily and not pickled, so each
-    DataLoader worker opens its own.
+    In memory the CSR arrays are numpy arrays. Backed, only ``indptr`` is loaded. When the file
+    stores ``data`` and ``indices`` contiguously and uncompressed (``direct_read=True``, the
+    default), rows are read with positional reads at their byte offsets (:class:`DirectRows`: one
+    system call per run of rows, no HDF5 call per read); otherwise with h5py in coalesced
+    contiguous spans (chunked or compressed files). Handles are opened lazily and not pickled, so
+    each DataLoader worker opens its own.
     """
 
     def __init__(
@@ -89,7 +167,7 @@ class Source:
         path: Path | None = None,
         element: str = "X",
         fingerprint: str = "",
-        memory_map: bool = True,
+        direct_read: bool = True,
     ) -> None:
         self.name = name
         self.obs = obs
@@ -100,35 +178,36 @@ class Source:
         self.path = path
         self.element = element
         self.fingerprint = fingerprint
-        self.memory_map = memory_map
+        self.direct_read = direct_read
         self._matrix = matrix
         self._file: h5py.File | None = None
         self._indptr: np.ndarray | None = (
             matrix.indptr.astype(np.int64) if matrix is not None else None
         )
         self._dense = False
-        self._mapped: HeldRows | None = None
-        self._mapped_stat: tuple[int, int] | None = None
+        self._direct: DirectRows | None = None
 
     @property
     def backed(self) -> bool:
         return self._matrix is None
 
     @property
-    def memory_mapped(self) -> bool:
-        """Whether backed reads copy rows from a memory map (known once the file is opened)."""
+    def reads_directly(self) -> bool:
+        """Whether backed reads use positional reads (known once the file is opened)."""
         self._group()
-        return self._mapped is not None
+        return self._direct is not None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_file"] = None
-        state["_mapped"] = None
+        state["_direct"] = None
         return state
 
     def close(self) -> None:
-        """Close the h5py handle and drop the memory map if open (both reopen on the next read)."""
-        self._mapped = None
+        """Close the file handles if open (they reopen on the next read)."""
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -141,9 +220,8 @@ class Source:
             self._dense = isinstance(node, h5py.Dataset)
             if self._indptr is None and not self._dense:
                 self._indptr = node["indptr"][:].astype(np.int64)
-            if self.memory_map and self._indptr is not None:
-                self._mapped = _map_csr(self.path, node, self._indptr)
-                self._mapped_stat = _stat(self.path)
+            if self.direct_read and self._indptr is not None:
+                self._direct = DirectRows.open(self.path, node, self._indptr, self.where)
         return self._file[self.element]
 
     @property
@@ -171,24 +249,20 @@ class Source:
         rows = np.asarray(rows, dtype=np.int64)
         return self.hold_rows(np.unique(rows)).take(rows)
 
-    def hold_rows(self, rows: np.ndarray) -> HeldRows:
-        """Make ``rows`` (ascending, unique) available to :meth:`HeldRows.take`.
+    def hold_rows(self, rows: np.ndarray) -> HeldRows | DirectRows:
+        """Make ``rows`` (ascending, unique) available to ``take``.
 
-        In memory or memory-mapped this reads nothing (the whole matrix is held); otherwise the
-        rows are read from disk once, so the batches of one shuffle pool share one read. A
-        failing disk read, or a file changed since it was opened (size or modification time;
-        reading a truncated memory map would crash the process), is a ``DataFileError`` naming
-        the file and the rows.
+        In memory this reads nothing (the whole matrix is held), and direct reads happen in
+        ``take``; otherwise the rows are read from disk once, so the batches of one shuffle pool
+        share one read. A failing disk read is a ``DataFileError`` naming the file and the rows.
         """
         if self._matrix is not None:
             assert self._indptr is not None
             return HeldRows(self._indptr, self._matrix.indices, self._matrix.data)
         try:
             node = self._group()
-            if self._mapped is not None:
-                if _stat(self.path) != self._mapped_stat:
-                    raise OSError("the file changed after it was opened")
-                return self._mapped
+            if self._direct is not None:
+                return self._direct
             if self._dense:
                 block = _dense_rows(node, rows)
                 return HeldRows(block.indptr, block.indices, block.data, rows)
@@ -265,17 +339,25 @@ def concat_row_blocks(blocks: list[RowBlock]) -> RowBlock:
     )
 
 
-def _copy_ranges(array: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """``array[starts[i]:ends[i]]`` for every i, concatenated into a new array.
-
-    Adjacent ranges are merged first, so a run of consecutive rows is one slice; each slice is
-    a view, and the single ``concatenate`` is the only copy (a memcpy per slice).
-    """
+def _merge_adjacent(starts: np.ndarray, ends: np.ndarray) -> tuple[list[int], list[int]]:
+    """Ranges ``[starts[i], ends[i])`` with each run of touching ranges merged into one."""
     if len(starts) == 0:
-        return array[:0].copy()
+        return [], []
     breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
     firsts = starts[np.concatenate(([0], breaks))].tolist()
     lasts = ends[np.concatenate((breaks - 1, [len(ends) - 1]))].tolist()
+    return firsts, lasts
+
+
+def _copy_ranges(array: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``array[starts[i]:ends[i]]`` for every i, concatenated into a new array.
+
+    Touching ranges are merged first, so a run of consecutive rows is one slice; each slice is
+    a view, and the single ``concatenate`` is the only copy.
+    """
+    firsts, lasts = _merge_adjacent(starts, ends)
+    if not firsts:
+        return array[:0].copy()
     return np.concatenate([array[low:high] for low, high in zip(firsts, lasts, strict=True)])
 
 
@@ -314,35 +396,6 @@ def _read_spans(
         held_indptr.append(indptr[first : last + 1] - low + offset)
     held_indptr.append(offsets[-1:])
     return HeldRows(np.concatenate(held_indptr), out_indices, out_data, np.concatenate(held_rows))
-
-
-def _map_csr(path: Path, group: h5py.Group, indptr: np.ndarray) -> HeldRows | None:
-    """The whole CSR matrix with ``data`` / ``indices`` memory-mapped, or None if impossible.
-
-    Possible when both are stored contiguously (not chunked), unfiltered, allocated and in the
-    machine's byte order: their bytes then lie as-is at ``get_offset()`` in the file.
-    """
-    arrays = []
-    for name in ("indices", "data"):
-        dataset = group[name]
-        offset = dataset.id.get_offset()
-        if dataset.chunks is not None or offset is None or not dataset.dtype.isnative:
-            return None
-        arrays.append((dataset.dtype, int(dataset.shape[0]), int(offset)))
-    with open(path, "rb") as handle:
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    indices, data = (
-        np.frombuffer(mapped, dtype=dtype, count=count, offset=offset)
-        for dtype, count, offset in arrays
-    )
-    return HeldRows(indptr, indices, data)
-
-
-def _stat(path: Path | None) -> tuple[int, int]:
-    """Size and modification time: how a backed read notices a file changed under it."""
-    assert path is not None
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
 
 
 def _dense_rows(node: h5py.Dataset, rows: np.ndarray) -> RowBlock:
@@ -444,10 +497,10 @@ def open_source(
     backed: bool,
     layer: str | None,
     index: int,
-    memory_map: bool = True,
+    direct_read: bool = True,
 ) -> Source:
-    """Open one dataset: metadata always, the matrix in memory unless ``backed`` (then
-    memory-mapped where the file allows and ``memory_map``, see :class:`Source`)."""
+    """Open one dataset: metadata always, the matrix in memory unless ``backed`` (then read
+    with positional reads where the file allows and ``direct_read``, see :class:`Source`)."""
     if isinstance(data, anndata.AnnData):
         name = f"<AnnData #{index}>"
         element = "X" if layer is None else f"layers/{layer}"
@@ -497,5 +550,5 @@ def open_source(
         path=path,
         element=element,
         fingerprint=_file_fingerprint(path),
-        memory_map=memory_map,
+        direct_read=direct_read,
     )

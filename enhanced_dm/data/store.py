@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from enhanced_dm.data.sources import HeldRows, RowBlock, Source, concat_row_blocks, open_source
+from enhanced_dm.data.sources import (
+    DirectRows,
+    HeldRows,
+    RowBlock,
+    Source,
+    concat_row_blocks,
+    open_source,
+)
 from enhanced_dm.errors import ConfigError, DataFileError
 
 __all__ = ["CellStore", "DataInput", "ValueCheck", "check_values"]
@@ -122,12 +129,12 @@ class CellStore:
         counts: bool | Literal["auto"] = "auto",
         categories: Mapping[str, Sequence[str]] | None = None,
         max_open_files: int = 64,
-        memory_map: bool = True,
+        direct_read: bool = True,
     ) -> None:
         if gene_join not in ("outer", "inner"):
             raise ConfigError(f"gene_join must be 'outer' or 'inner', got {gene_join!r}")
         self.sources = [
-            open_source(item, backed=backed, layer=layer, index=index, memory_map=memory_map)
+            open_source(item, backed=backed, layer=layer, index=index, direct_read=direct_read)
             for index, item in enumerate(_expand_inputs(data))
         ]
         self.backed = backed
@@ -361,14 +368,16 @@ class CellStore:
         if len(every) and (every[0] < 0 or every[-1] >= self.n_obs):
             raise IndexError(f"row index out of range [0, {self.n_obs})")
         source_ids = np.searchsorted(self.offsets, every, side="right") - 1
-        held: dict[int, HeldRows] = {}
+        held: dict[int, HeldRows | DirectRows] = {}
         for source_index in np.unique(source_ids).tolist():
             self._touch(source_index)
             local = every[source_ids == source_index] - self.offsets[source_index]
             held[source_index] = self.sources[source_index].hold_rows(local)
         return [self._batch(rows, held) for rows in wanted]
 
-    def _batch(self, rows: np.ndarray, held: Mapping[int, HeldRows]) -> dict[str, torch.Tensor]:
+    def _batch(
+        self, rows: np.ndarray, held: Mapping[int, HeldRows | DirectRows]
+    ) -> dict[str, torch.Tensor]:
         """The batch dict of ``rows`` (ascending), cut from the rows each source holds."""
         source_ids = np.searchsorted(self.offsets, rows, side="right") - 1
         blocks: list[RowBlock] = []

@@ -75,6 +75,12 @@ class BaseEnhancedDataModule(L.LightningDataModule):
     per batch with ``batch_aware_normalization`` (needs ``batch_key``) or per cell type with
     ``biological_normalization`` (needs ``cell_type_key``). ``cfg`` is accepted for the seed API
     and ignored.
+
+    Reading: ``backed=True`` keeps the matrix on disk; ``direct_read`` (default) reads rows with
+    positional reads where the file stores X contiguously and uncompressed (see
+    :func:`~enhanced_dm.data.prepare.prepare_h5ad`), else h5py reads coalesced spans. Training
+    batches are cut from shuffle pools of ``shuffle_buffer`` blocks of ``block_size`` rows, and
+    the batches of one pool are read together.
     """
 
     def __init__(
@@ -108,7 +114,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         block_size: int = 64,
         shuffle_buffer: int = 16,
         backed: bool = False,
-        memory_map: bool = True,
+        direct_read: bool = True,
         num_workers: int = 0,
         pin_memory: bool = False,
         stats_cache_dir: str | Path | None = None,
@@ -173,7 +179,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         self.block_size = block_size
         self.shuffle_buffer = shuffle_buffer
         self.backed = backed
-        self.memory_map = memory_map
+        self.direct_read = direct_read
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.stats_cache_dir = stats_cache_dir
@@ -227,7 +233,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             self.store = CellStore(
                 self.data,
                 backed=self.backed,
-                memory_map=self.memory_map,
+                direct_read=self.direct_read,
                 layer=self.layer,
                 genes=self.genes,
                 gene_join=self.gene_join,

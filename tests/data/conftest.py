@@ -11,6 +11,6 @@ from tests.helpers import shared_data
 @pytest.fixture(scope="session")
 def mouse_mappable(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The mouse file rewritten with contiguous arrays (the shared copy is gzip-chunked), so
-    backed reads of it go through the memory map."""
+    backed reads of it are direct positional reads."""
     target = tmp_path_factory.mktemp("prepared") / "mouse.h5ad"
     return str(prepare_h5ad(shared_data("singlecell/mouse_10k_subset_counts.h5ad"), target))

@@ -28,14 +28,14 @@ def epoch(dm: BaseEnhancedDataModule, number: int) -> list[dict[str, torch.Tenso
 
 
 @pytest.mark.parametrize("block_size", [1, 16, 64, 256])
-@pytest.mark.parametrize("reader", ["in memory", "h5py", "memory map"])
+@pytest.mark.parametrize("reader", ["in memory", "h5py", "direct"])
 def test_each_configuration_serves_every_cell_once_reproducibly(
     block_size: int, reader: str, mouse_mappable: str, tmp_path
 ) -> None:
     options = dict(
-        data=mouse_mappable if reader == "memory map" else shared_data(MOUSE),
+        data=mouse_mappable if reader == "direct" else shared_data(MOUSE),
         backed=reader != "in memory",
-        memory_map=reader == "memory map",
+        direct_read=reader == "direct",
         block_size=block_size,
         batch_size=100,
         val_fraction=0.2,
@@ -47,7 +47,7 @@ def test_each_configuration_serves_every_cell_once_reproducibly(
     dm = BaseEnhancedDataModule(**options)
     dm.setup("fit")
     if reader != "in memory":
-        assert dm.store.sources[0].memory_mapped is (reader == "memory map")
+        assert dm.store.sources[0].reads_directly is (reader == "direct")
     first = epoch(dm, 0)
     served = np.concatenate([batch["cell_index_n"].numpy() for batch in first])
     assert np.array_equal(np.sort(served), np.sort(dm.split["train"]))
