@@ -62,7 +62,10 @@ def enhanced_fitting(
 
     _, plain_s, plain_mb = _timed(lambda: setup(LOADER_ONLY))
     datamodule, fitted_s, fitted_mb = _timed(lambda: setup(CPU_PIPELINE, cache_dir))
-    passes = sum(isinstance(t, FittableTransform) for t in (datamodule.pipeline or []))
+    # Streaming passes = transforms that start unfitted (total-count with a fixed target_sum is
+    # fitted from the start and costs no pass).
+    fresh = datamodule.build_pipeline(datamodule.store)
+    passes = sum(isinstance(t, FittableTransform) and not t.fitted for t in fresh)
     return {
         "backed": backed,
         "setup_without_fitting_s": plain_s,
