@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from enhanced_dm.errors import FittingError
 from enhanced_dm.transforms.base import FittableTransform, Pipeline
+from enhanced_dm.transforms.densify import counts_left_sparse
 
 __all__ = ["fit_pipeline", "fitted_states", "load_fitted_states"]
 
@@ -25,7 +26,8 @@ def fit_pipeline(
     """Fit the pipeline's unfitted transforms in order, one streaming pass each.
 
     Each transform's metric sees the batch as the transforms before it (already fitted) leave it,
-    so a z-score after log1p is fitted on log values. ``train_batches()`` must yield every train
+    so a z-score after log1p is fitted on log values (``counts_ng`` stays sparse unless one of
+    those steps reads the dense counts: :func:`~enhanced_dm.transforms.densify.counts_left_sparse`). ``train_batches()`` must yield every train
     cell of this rank once; the metrics' ``compute()`` merges ranks. Returns the fitted state of
     every fittable transform, keyed by transform name.
     """
@@ -36,7 +38,8 @@ def fit_pipeline(
         metric = transform.fit_metric().to(device)
         seen = 0
         batches = tqdm(train_batches(), desc=f"fitting {name}", disable=not progress, leave=False)
-        with torch.no_grad():
+        steps = [step for _, step in pipeline.named_transforms()][: index + 1]
+        with torch.no_grad(), counts_left_sparse(steps):
             for batch in batches:
                 inputs = pipeline(move_data_to_device(batch, device), stop_before=index)
                 metric.update(inputs)

@@ -19,13 +19,17 @@ class Transform(nn.Module):
     Subclasses implement ``forward(batch) -> dict``. ``output_key`` names the tensor that monitors
     watch; ``clip_value`` (when not None) lets monitors count clipped values; ``monitored=False``
     marks steps that change only the layout, whose statistics would repeat the previous step's;
-    ``accepts_sparse=True`` lets a sparse CSR ``x_ng`` reach the step (and its fitting metric).
+    ``accepts_sparse=True`` lets a sparse CSR ``x_ng`` reach the step (and its fitting metric);
+    ``reads_counts=False`` declares that neither the step nor its fitting metric reads the dense
+    ``counts_ng``, so a fitting pass that ends at such steps skips densifying the counts (the
+    safe default is True).
     """
 
     output_key: str = "x_ng"
     clip_value: float | None = None
     monitored: bool = True
     accepts_sparse: bool = False
+    reads_counts: bool = True
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -23,6 +23,8 @@ class CenterScaleTransform(GroupedTransform):
     into ``center``/``scale`` (``_center_scale``).
     """
 
+    reads_counts = False  # reads x_ng (and total_counts_n), never the dense counts
+
     center_g: torch.Tensor
     scale_g: torch.Tensor
     center_bg: torch.Tensor

@@ -15,6 +15,8 @@ __all__ = ["Log1p"]
 class Log1p(Transform):
     r""":math:`y = \ln(1 + x)`, as ``scanpy.pp.log1p`` (base e)."""
 
+    reads_counts = False  # reads x_ng (and total_counts_n), never the dense counts
+
     def __init__(self, key: str = "x_ng") -> None:
         super().__init__()
         self.key = key

@@ -25,6 +25,8 @@ class NormalizeTotal(FittableTransform):
     median form needs fitting; a numeric target is ready at construction.
     """
 
+    reads_counts = False  # reads x_ng (and total_counts_n), never the dense counts
+
     target_sum: torch.Tensor
 
     def __init__(

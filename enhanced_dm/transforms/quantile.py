@@ -37,6 +37,8 @@ class QuantileNormalize(GroupedTransform):
     group), resized when fitted; memory ``(1 + n_groups) x n_genes x K`` float32.
     """
 
+    reads_counts = False  # reads x_ng (and total_counts_n), never the dense counts
+
     accepts_sparse = True  # the subsample keeps sparse rows; densified when applied
 
     quantiles_gq: torch.Tensor
