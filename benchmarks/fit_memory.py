@@ -10,7 +10,7 @@ memory of the statistics. The target is < 2 GiB at 1,000,000 cells x 2,000 genes
 ``stats_max_cells=100_000``; the subsample keeps its rows sparse (``8 x stats_max_cells x nnz per
 cell`` bytes, see :mod:`enhanced_dm.fitting.subsample`). The peak of the anonymous resident
 memory (``RssAnon``, sampled every 10 ms) is recorded beside it. ``--no-direct-read`` reads with
-h5py instead of positional reads (what chunked or compressed files get).
+h5py instead of positional reads (what compressed files get).
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ USAGE = f"""usage: enhanced-dm {{{",".join(TASKS)}}} [hydra overrides...] [-m] [
   predict   run the model over every cell and save predictions.pt (give ckpt_path=...)
   stats     only fit the normalization and write its report (JSON + PNG plots)
   prepare   SOURCE.h5ad TARGET.h5ad [--layer NAME ...] [--overwrite]: copy with X (and the
-            named layers) stored contiguous and uncompressed, for fast direct backed reads
+            named layers) stored contiguous and uncompressed, for fast direct backed reads of a
+            compressed file
 
 examples:
   enhanced-dm fit

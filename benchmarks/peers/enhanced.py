@@ -2,7 +2,7 @@
 
 Rows: in memory and backed, block sizes 1 / 16 / 64 / 256, loader only (``normalization_type
 ="none"``, no per-cell / per-gene step); backed with ``direct_read=False`` (h5py span reads, what
-chunked or compressed files get; a contiguous file is read directly by default); plus backed block 64 with the base pipeline run on the
+compressed files get; an uncompressed file is read directly by default); plus backed block 64 with the base pipeline run on the
 CPU (total-count -> log1p -> z-score, i.e. ``dm.on_after_batch_transfer(batch, 0)`` on each
 batch, fitting included in the setup time). Batches are dicts with ``counts_ng`` (torch sparse
 CSR), ``cell_type_n`` and ``cell_index_n``.
@@ -123,7 +123,7 @@ def configs(
                     options={"backed": backed, "block_size": block_size, **LOADER_ONLY},
                 )
             )
-    for block_size in (1, 64):  # the h5py reader, which chunked / compressed files get
+    for block_size in (1, 64):  # the h5py reader, which compressed files get
         rows.append(
             LoaderConfig(
                 f"enhanced-dm backed b{block_size} h5py",

@@ -1,10 +1,11 @@
 """Optional layout conversion: rewrite an ``.h5ad`` so backed reads can read its matrix directly.
 
-``anndata`` writes the CSR arrays of X chunked (and often gzip-compressed), so every backed read
-goes through HDF5's chunk machinery. :func:`prepare_h5ad` writes a copy whose ``data`` /
+Compressed (gzip, lzf) or otherwise filtered CSR arrays can only be read through HDF5, which
+decompresses whole chunks per read. :func:`prepare_h5ad` writes a copy whose ``data`` /
 ``indices`` / ``indptr`` are contiguous and uncompressed; :class:`~enhanced_dm.data.sources.Source`
-then maps them and copies rows straight from the page cache (see ``benchmarks/`` for both
-layouts side by side). Everything else (obs, var, uns, obsm, other layers) is copied unchanged,
+then reads rows with positional reads at their byte offsets (see ``benchmarks/`` for both
+readers side by side). Files anndata writes with its defaults (chunked, uncompressed) are read
+directly already and need no conversion. Everything else (obs, var, uns, obsm, other layers) is copied unchanged,
 the cell order is kept, and the copy is an ordinary h5ad that anndata and scanpy read as before.
 The source file is only read. Reading plain h5ad stays the default: this step is never required.
 """

@@ -66,26 +66,81 @@ class HeldRows:
         )
 
 
-class DirectRows:
-    """``indices`` / ``data`` of a CSR matrix stored contiguously and uncompressed in an HDF5 file,
-    read with ``os.preadv`` at their byte offsets, straight into the output arrays.
+@dataclass
+class ValuesLayout:
+    """Where a 1-D dataset's values lie in the file: value ``i`` is in chunk ``i // chunk_values``
+    at byte ``chunk_offsets[chunk] + (i % chunk_values) * itemsize`` (contiguous storage is one
+    chunk holding every value)."""
 
-    One system call per run of consecutive rows and array, without HDF5's per-call selection
-    machinery; unlike a memory map, nothing stays mapped (resident memory does not grow with the
-    part of the file read) and a file truncated under us gives a short read, reported as a
-    ``DataFileError``, not a crash.
+    dtype: np.dtype
+    chunk_values: int
+    chunk_offsets: np.ndarray
+
+    @classmethod
+    def of(cls, dataset: h5py.Dataset) -> ValuesLayout | None:
+        """The layout of ``dataset``, or None when its bytes are not the values as stored: a
+        filter (compression, shuffle, checksum), an unallocated or partial chunk, another byte
+        order. Chunk offsets come from one pass over the chunk index (``chunk_iter``)."""
+        if not dataset.dtype.isnative:
+            return None
+        if dataset.chunks is None:
+            offset = dataset.id.get_offset()
+            if offset is None:
+                return None
+            return cls(dataset.dtype, max(1, dataset.shape[0]), np.array([offset], np.int64))
+        if dataset.id.get_create_plist().get_nfilters() or not hasattr(dataset.id, "chunk_iter"):
+            return None
+        chunk_values = dataset.chunks[0]
+        found: list[tuple[int, int, int]] = []
+        dataset.id.chunk_iter(
+            lambda info: found.append((info.chunk_offset[0], info.byte_offset, info.size))
+        )
+        table = np.array(sorted(found), dtype=np.int64).reshape(-1, 3)
+        expected = np.arange(-(-dataset.shape[0] // chunk_values), dtype=np.int64) * chunk_values
+        full_size = chunk_values * dataset.dtype.itemsize
+        if not np.array_equal(table[:, 0], expected) or bool((table[:, 2] != full_size).any()):
+            return None
+        return cls(dataset.dtype, chunk_values, table[:, 1].copy())
+
+    def pieces(self, firsts: np.ndarray, lasts: np.ndarray) -> tuple[list[int], list[int]]:
+        """File byte offsets and byte lengths covering value ranges ``[firsts[i], lasts[i])`` in
+        order, each range split where it crosses a chunk boundary."""
+        keep = lasts > firsts
+        firsts, lasts = firsts[keep], lasts[keep]
+        first_chunk = firsts // self.chunk_values
+        counts = (lasts - 1) // self.chunk_values - first_chunk + 1
+        range_of_piece = np.repeat(np.arange(len(firsts)), counts)
+        starts_of_ranges = np.cumsum(counts) - counts
+        chunk = (
+            first_chunk[range_of_piece]
+            + np.arange(int(counts.sum()))
+            - np.repeat(starts_of_ranges, counts)
+        )
+        low = np.maximum(firsts[range_of_piece], chunk * self.chunk_values)
+        high = np.minimum(lasts[range_of_piece], (chunk + 1) * self.chunk_values)
+        size = self.dtype.itemsize
+        where = self.chunk_offsets[chunk] + (low - chunk * self.chunk_values) * size
+        return where.tolist(), ((high - low) * size).tolist()
+
+
+class DirectRows:
+    """``indices`` / ``data`` of a CSR matrix stored uncompressed in an HDF5 file, read with
+    ``os.preadv`` at their byte offsets, straight into the output arrays.
+
+    Works for contiguous storage and for unfiltered chunked storage (anndata's default writer):
+    :class:`ValuesLayout` maps values to file bytes. One system call per run of consecutive rows
+    (per chunk it crosses) and array, without HDF5's per-call selection machinery; unlike a
+    memory map, nothing stays mapped (resident memory does not grow with the part of the file
+    read) and a file truncated under us gives a short read, reported as a ``DataFileError``, not
+    a crash.
     """
 
     def __init__(
-        self,
-        path: Path,
-        indptr: np.ndarray,
-        layouts: tuple[tuple[np.dtype, int], tuple[np.dtype, int]],
-        where: str,
+        self, path: Path, indptr: np.ndarray, layouts: tuple[ValuesLayout, ValuesLayout], where: str
     ) -> None:
         self.path = path
         self.indptr = indptr
-        self.layouts = layouts  # (dtype, byte offset) of indices, then data
+        self.layouts = layouts  # indices, then data
         self.where = where
         self._fd = os.open(path, os.O_RDONLY)
 
@@ -93,18 +148,14 @@ class DirectRows:
     def open(
         cls, path: Path, group: h5py.Group, indptr: np.ndarray, where: str
     ) -> DirectRows | None:
-        """A reader for ``group``'s arrays, or None when they are not readable this way: chunked
-        or filtered storage, unallocated (empty), another byte order, or no ``os.preadv``."""
+        """A reader for ``group``'s arrays, or None when they are not readable this way (see
+        :meth:`ValuesLayout.of`) or the platform lacks ``os.preadv``."""
         if not hasattr(os, "preadv"):
             return None
-        layouts = []
-        for name in ("indices", "data"):
-            dataset = group[name]
-            offset = dataset.id.get_offset()
-            if dataset.chunks is not None or offset is None or not dataset.dtype.isnative:
-                return None
-            layouts.append((dataset.dtype, int(offset)))
-        return cls(path, indptr, (layouts[0], layouts[1]), where)
+        indices, data = ValuesLayout.of(group["indices"]), ValuesLayout.of(group["data"])
+        if indices is None or data is None:
+            return None
+        return cls(path, indptr, (indices, data), where)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -116,29 +167,22 @@ class DirectRows:
         np.cumsum(ends - starts, out=indptr[1:])
         firsts, lasts = _merge_adjacent(starts, ends)
         indices, data = (
-            self._read(dtype, offset, firsts, lasts, int(indptr[-1]))
-            for dtype, offset in self.layouts
+            self._read(layout, np.asarray(firsts, np.int64), np.asarray(lasts, np.int64))
+            for layout in self.layouts
         )
         return RowBlock(indptr, indices, data)
 
-    def _read(
-        self, dtype: np.dtype, offset: int, firsts: list[int], lasts: list[int], total: int
-    ) -> np.ndarray:
-        out = np.empty(total, dtype=dtype)
-        view, size, position = out.data.cast("B"), dtype.itemsize, 0
-        for first, last in zip(firsts, lasts, strict=True):
-            wanted = (last - first) * size
+    def _read(self, layout: ValuesLayout, firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
+        out = np.empty(int((lasts - firsts).sum()), dtype=layout.dtype)
+        view, position = out.data.cast("B"), 0
+        for where, wanted in zip(*layout.pieces(firsts, lasts), strict=True):
             done = 0
             while done < wanted:
-                got = os.preadv(
-                    self._fd,
-                    [view[position + done : position + wanted]],
-                    offset + first * size + done,
-                )
+                got = os.preadv(self._fd, [view[position + done : position + wanted]], where + done)
                 if got == 0:
                     raise DataFileError(
-                        f"{self.where}: the file ends before byte {offset + last * size:,} "
-                        f"(values {first}-{last}); was it truncated or replaced after setup?"
+                        f"{self.where}: the file ends before byte {where + wanted:,}; was it "
+                        "truncated or replaced after setup?"
                     )
                 done += got
             position += wanted
@@ -149,10 +193,10 @@ class Source:
     """Metadata of one dataset (obs, var) and a row reader for its matrix.
 
     In memory the CSR arrays are numpy arrays. Backed, only ``indptr`` is loaded. When the file
-    stores ``data`` and ``indices`` contiguously and uncompressed (``direct_read=True``, the
+    stores ``data`` and ``indices`` uncompressed, contiguous or chunked (``direct_read=True``, the
     default), rows are read with positional reads at their byte offsets (:class:`DirectRows`: one
     system call per run of rows, no HDF5 call per read); otherwise with h5py in coalesced
-    contiguous spans (chunked or compressed files). Handles are opened lazily and not pickled, so
+    contiguous spans (compressed or otherwise filtered files). Handles are opened lazily and not pickled, so
     each DataLoader worker opens its own.
     """
 

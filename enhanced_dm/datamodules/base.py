@@ -77,7 +77,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
     and ignored.
 
     Reading: ``backed=True`` keeps the matrix on disk; ``direct_read`` (default) reads rows with
-    positional reads where the file stores X contiguously and uncompressed (see
+    positional reads where the file stores X uncompressed, contiguous or chunked (see
     :func:`~enhanced_dm.data.prepare.prepare_h5ad`), else h5py reads coalesced spans. Training
     batches are cut from shuffle pools of ``shuffle_buffer`` blocks of ``block_size`` rows, and
     the batches of one pool are read together.

@@ -17,6 +17,7 @@ import torch
 
 from enhanced_dm.data import CellStore
 from enhanced_dm.data.prepare import prepare_h5ad
+from enhanced_dm.data.sources import ValuesLayout
 from enhanced_dm.errors import DataFileError
 from tests.helpers import shared_data
 
@@ -122,17 +123,20 @@ def test_library_sizes_with_empty_rows_anywhere() -> None:
         )
 
 
-@pytest.mark.parametrize("mode", ["in memory", "h5py spans", "direct"])
-def test_held_rows_serve_exactly_the_rows_asked_for(mode: str, mouse_mappable: str) -> None:
+@pytest.mark.parametrize("mode", ["in memory", "h5py spans", "direct", "direct chunked"])
+def test_held_rows_serve_exactly_the_rows_asked_for(
+    mode: str, mouse_mappable: str, mouse_chunked: str
+) -> None:
     """Shuffle pools, repeated pools, an unsorted tail, scattered rows and half the file are
     read through every reader (h5py spans: coalesced gaps hold unrequested rows) and equal the
     file; a group of batches read together equals the batches read one by one."""
     path = shared_data("singlecell/mouse_10k_subset_counts.h5ad")
     expected = ad.read_h5ad(path).X
-    store = CellStore(mouse_mappable if mode == "direct" else path, backed=mode != "in memory")
+    files = {"direct": mouse_mappable, "direct chunked": mouse_chunked}
+    store = CellStore(files.get(mode, path), backed=mode != "in memory")
     source = store.sources[0]
     if mode != "in memory":
-        assert source.reads_directly is (mode == "direct")
+        assert source.reads_directly is mode.startswith("direct")
     rng = np.random.default_rng(0)
     requests = [
         np.sort(rng.choice(np.arange(640, 1664), 256, replace=False)),
@@ -188,3 +192,34 @@ def test_a_file_truncated_after_opening_is_a_clear_error(
     os.truncate(copy, end_of_data - 4096)  # e.g. another process rewriting the file
     with pytest.raises(DataFileError, match=r"copy\.h5ad \(X\): the file ends before byte"):
         store.read([store.n_obs - 2, store.n_obs - 1])
+
+
+def test_direct_reads_follow_chunks_in_any_file_order_and_refuse_missing_ones(
+    tmp_path: Path,
+) -> None:
+    """Chunks written back to front lie in the file in reverse order: rows still read right.
+    A chunk never written (HDF5 reads it as the fill value) rules direct reads out."""
+    counts = sp.random(300, 50, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    counts.data = np.ceil(counts.data * 10)
+    path = tmp_path / "reversed.h5ad"
+    ad.AnnData(counts).write_h5ad(path)
+    with h5py.File(path, "r+") as file:
+        for name in ("data", "indices"):
+            values = file["X"][name][:]
+            del file["X"][name]
+            dataset = file["X"].create_dataset(
+                name, shape=values.shape, dtype=values.dtype, chunks=(97,)
+            )
+            for start in reversed(range(0, len(values), 97)):
+                dataset[start : start + 97] = values[start : start + 97]
+        layout = ValuesLayout.of(file["X"]["data"])
+        assert layout is not None and (np.diff(layout.chunk_offsets) < 0).all()
+    store = CellStore(str(path), backed=True)
+    assert store.sources[0].reads_directly
+    rows = np.random.default_rng(1).choice(300, 120, replace=False)
+    got = store.read(rows)["counts_ng"].to_dense().numpy()
+    np.testing.assert_array_equal(got, counts[np.sort(rows)].toarray())
+    with h5py.File(tmp_path / "holes.h5", "w") as file:
+        holes = file.create_dataset("values", shape=(1000,), dtype=np.int32, chunks=(100,))
+        holes[:300] = 1
+        assert ValuesLayout.of(holes) is None
