@@ -22,7 +22,15 @@ import scipy.sparse as sp
 
 from enhanced_dm.errors import DataFileError
 
-__all__ = ["HeldRows", "RowBlock", "Source", "concat_row_blocks", "open_source"]
+__all__ = [
+    "DirectRows",
+    "HeldRows",
+    "RowBlock",
+    "Source",
+    "ValuesLayout",
+    "concat_row_blocks",
+    "open_source",
+]
 
 # Rows whose byte ranges are closer than this many stored values are read in one h5py call.
 _COALESCE_GAP = 32_768
@@ -178,7 +186,15 @@ class DirectRows:
         for where, wanted in zip(*layout.pieces(firsts, lasts), strict=True):
             done = 0
             while done < wanted:
-                got = os.preadv(self._fd, [view[position + done : position + wanted]], where + done)
+                try:
+                    got = os.preadv(
+                        self._fd, [view[position + done : position + wanted]], where + done
+                    )
+                except OSError as error:
+                    raise DataFileError(
+                        f"{self.where}: reading bytes {where:,}-{where + wanted:,} failed "
+                        f"({error.strerror or error})"
+                    ) from error
                 if got == 0:
                     raise DataFileError(
                         f"{self.where}: the file ends before byte {where + wanted:,}; was it "

@@ -17,8 +17,6 @@ import pandas as pd
 import torch
 
 from enhanced_dm.data.sources import (
-    DirectRows,
-    HeldRows,
     RowBlock,
     Source,
     concat_row_blocks,
@@ -359,35 +357,38 @@ class CellStore:
     ) -> list[dict[str, torch.Tensor]]:
         """Several CSR batches (each in ascending row order) from one read of their rows.
 
-        The batches of one shuffle pool draw their rows from the same blocks: reading the union
-        once per source (:meth:`Source.hold_rows`) and cutting the batches from it reads each
-        block once instead of once per batch.
+        The batches of one shuffle pool draw their rows from the same blocks: the h5py reader
+        reads the union once per source (:meth:`Source.hold_rows`) and cuts the batches from it,
+        so each block is read once instead of once per batch. Direct (positional) reads fetch
+        each batch's rows themselves, which measured faster than an extra copy of the pool.
         """
         wanted = [np.unique(np.asarray(rows, dtype=np.int64)) for rows in batches]
         every = np.unique(np.concatenate(wanted)) if wanted else np.zeros(0, np.int64)
         if len(every) and (every[0] < 0 or every[-1] >= self.n_obs):
             raise IndexError(f"row index out of range [0, {self.n_obs})")
-        source_ids = np.searchsorted(self.offsets, every, side="right") - 1
-        held: dict[int, HeldRows | DirectRows] = {}
-        for source_index in np.unique(source_ids).tolist():
+        # Per batch, the blocks of its sources in source order (= ascending rows) and their library
+        # sizes. Each source is finished before the next is touched: touching may close the
+        # least recently used file, whose reader must not be used afterwards.
+        parts: list[tuple[list[RowBlock], list[np.ndarray]]] = [([], []) for _ in wanted]
+        source_ids = [np.searchsorted(self.offsets, rows, side="right") - 1 for rows in wanted]
+        every_ids = np.searchsorted(self.offsets, every, side="right") - 1
+        for source_index in np.unique(every_ids).tolist():
             self._touch(source_index)
-            local = every[source_ids == source_index] - self.offsets[source_index]
-            held[source_index] = self.sources[source_index].hold_rows(local)
-        return [self._batch(rows, held) for rows in wanted]
+            offset = self.offsets[source_index]
+            held = self.sources[source_index].hold_rows(every[every_ids == source_index] - offset)
+            for rows, ids, (blocks, totals) in zip(wanted, source_ids, parts, strict=True):
+                local = rows[ids == source_index] - offset
+                if len(local):
+                    block = held.take(local)
+                    self._verify_block(source_index, block, local)
+                    totals.append(_row_sums(block))
+                    blocks.append(_remap_columns(block, self._column_maps[source_index]))
+        return [self._batch(rows, *part) for rows, part in zip(wanted, parts, strict=True)]
 
     def _batch(
-        self, rows: np.ndarray, held: Mapping[int, HeldRows | DirectRows]
+        self, rows: np.ndarray, blocks: list[RowBlock], totals: list[np.ndarray]
     ) -> dict[str, torch.Tensor]:
-        """The batch dict of ``rows`` (ascending), cut from the rows each source holds."""
-        source_ids = np.searchsorted(self.offsets, rows, side="right") - 1
-        blocks: list[RowBlock] = []
-        totals: list[np.ndarray] = []
-        for source_index in np.unique(source_ids).tolist():
-            local = rows[source_ids == source_index] - self.offsets[source_index]
-            block = held[source_index].take(local)
-            self._verify_block(source_index, block, local)
-            totals.append(_row_sums(block))
-            blocks.append(_remap_columns(block, self._column_maps[source_index]))
+        """The batch dict of ``rows`` (ascending) from its sources' blocks, in source order."""
         if not blocks:
             blocks = [RowBlock(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))]
         merged = concat_row_blocks(blocks)

@@ -223,3 +223,19 @@ def test_direct_reads_follow_chunks_in_any_file_order_and_refuse_missing_ones(
         holes = file.create_dataset("values", shape=(1000,), dtype=np.int32, chunks=(100,))
         holes[:300] = 1
         assert ValuesLayout.of(holes) is None
+
+
+def test_a_batch_across_more_files_than_may_stay_open(
+    mouse_mappable: str, mouse_chunked: str
+) -> None:
+    """With max_open_files=1, reading the second file closes the first: each file's rows must
+    be taken before that happens (regression: a closed reader was used, EBADF in DDP workers)."""
+    expected = ad.read_h5ad(shared_data("singlecell/mouse_10k_subset_counts.h5ad")).X
+    store = CellStore([mouse_mappable, mouse_chunked], backed=True, max_open_files=1)
+    n = expected.shape[0]
+    groups = [np.array([3, 7, n + 2, n + 9000]), np.array([10, n + 5]), np.array([n + 1])]
+    for rows, batch in zip(groups, store.read_batches(groups), strict=True):
+        local = np.where(rows < n, rows, rows - n)
+        np.testing.assert_array_equal(
+            batch["counts_ng"].to_dense().numpy(), expected[local].toarray()
+        )
