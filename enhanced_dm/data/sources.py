@@ -66,11 +66,11 @@ class HeldRows:
     def take(self, rows: np.ndarray) -> RowBlock:
         """Copy of ``rows`` (matrix row numbers, all held, any order) as a new block."""
         positions = rows if self.rows is None else np.searchsorted(self.rows, rows)
-        starts, ends = self.indptr[positions], self.indptr[positions + 1]
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(ends - starts, out=indptr[1:])
+        indptr, firsts, lasts = _plan_rows(self.indptr, positions)
         return RowBlock(
-            indptr, _copy_ranges(self.indices, starts, ends), _copy_ranges(self.data, starts, ends)
+            indptr,
+            _copy_ranges(self.indices, firsts, lasts),
+            _copy_ranges(self.data, firsts, lasts),
         )
 
 
@@ -170,14 +170,8 @@ class DirectRows:
 
     def take(self, rows: np.ndarray) -> RowBlock:
         """Rows ``rows`` (any order) read from the file as a new block."""
-        starts, ends = self.indptr[rows], self.indptr[rows + 1]
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(ends - starts, out=indptr[1:])
-        firsts, lasts = _merge_adjacent(starts, ends)
-        indices, data = (
-            self._read(layout, np.asarray(firsts, np.int64), np.asarray(lasts, np.int64))
-            for layout in self.layouts
-        )
+        indptr, firsts, lasts = _plan_rows(self.indptr, rows)
+        indices, data = (self._read(layout, firsts, lasts) for layout in self.layouts)
         return RowBlock(indptr, indices, data)
 
     def _read(self, layout: ValuesLayout, firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
@@ -212,8 +206,8 @@ class Source:
     stores ``data`` and ``indices`` uncompressed, contiguous or chunked (``direct_read=True``, the
     default), rows are read with positional reads at their byte offsets (:class:`DirectRows`: one
     system call per run of rows, no HDF5 call per read); otherwise with h5py in coalesced
-    contiguous spans (compressed or otherwise filtered files). Handles are opened lazily and not pickled, so
-    each DataLoader worker opens its own.
+    contiguous spans (compressed or otherwise filtered files). Handles are opened lazily and not
+    pickled, so each DataLoader worker opens its own.
     """
 
     def __init__(
@@ -399,26 +393,30 @@ def concat_row_blocks(blocks: list[RowBlock]) -> RowBlock:
     )
 
 
-def _merge_adjacent(starts: np.ndarray, ends: np.ndarray) -> tuple[list[int], list[int]]:
-    """Ranges ``[starts[i], ends[i])`` with each run of touching ranges merged into one."""
+def _plan_rows(
+    indptr: np.ndarray, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How to copy rows ``positions`` of a CSR layout into a new block: the block's ``indptr``,
+    and the value ranges ``[firsts[i], lasts[i])`` to copy in order (runs of touching rows
+    merged, so a run of consecutive rows is one range)."""
+    starts, ends = indptr[positions], indptr[positions + 1]
+    out_indptr = np.zeros(len(positions) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=out_indptr[1:])
     if len(starts) == 0:
-        return [], []
+        return out_indptr, starts, ends
     breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
-    firsts = starts[np.concatenate(([0], breaks))].tolist()
-    lasts = ends[np.concatenate((breaks - 1, [len(ends) - 1]))].tolist()
-    return firsts, lasts
+    firsts = starts[np.concatenate(([0], breaks))]
+    lasts = ends[np.concatenate((breaks - 1, [len(ends) - 1]))]
+    return out_indptr, firsts, lasts
 
 
-def _copy_ranges(array: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """``array[starts[i]:ends[i]]`` for every i, concatenated into a new array.
-
-    Touching ranges are merged first, so a run of consecutive rows is one slice; each slice is
-    a view, and the single ``concatenate`` is the only copy.
-    """
-    firsts, lasts = _merge_adjacent(starts, ends)
-    if not firsts:
+def _copy_ranges(array: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
+    """``array[firsts[i]:lasts[i]]`` for every i, concatenated into a new array (each slice is a
+    view; the single ``concatenate`` is the only copy)."""
+    if len(firsts) == 0:
         return array[:0].copy()
-    return np.concatenate([array[low:high] for low, high in zip(firsts, lasts, strict=True)])
+    pairs = zip(firsts.tolist(), lasts.tolist(), strict=True)
+    return np.concatenate([array[low:high] for low, high in pairs])
 
 
 def _read_spans(

@@ -27,8 +27,9 @@ def fit_pipeline(
 
     Each transform's metric sees the batch as the transforms before it (already fitted) leave it,
     so a z-score after log1p is fitted on log values (``counts_ng`` stays sparse unless one of
-    those steps reads the dense counts: :func:`~enhanced_dm.transforms.densify.counts_left_sparse`). ``train_batches()`` must yield every train
-    cell of this rank once; the metrics' ``compute()`` merges ranks. Returns the fitted state of
+    those steps reads the dense counts: :func:`~enhanced_dm.transforms.densify.counts_left_sparse`).
+    ``train_batches()`` must yield every train cell of this rank once; the metrics' ``compute()``
+    merges ranks. Returns the fitted state of
     every fittable transform, keyed by transform name.
     """
     pipeline.to(device)

@@ -21,17 +21,21 @@ __all__ = [
 ]
 
 
-def densify(x_ng: torch.Tensor) -> torch.Tensor:
+def densify(x_ng: torch.Tensor, background_g: torch.Tensor | None = None) -> torch.Tensor:
     """Dense form of a (possibly sparse) matrix, keeping its dtype; dense input is returned as is.
 
-    CSR is scattered into zeros by flat position: on CUDA several times faster than
+    CSR is scattered by flat position into zeros, or into rows of ``background_g`` (the value
+    every unstored entry of a column takes): on CUDA several times faster than
     ``Tensor.to_dense()`` for integer CSR, on CPU about 5x (``benchmarks/results/device_*.json``).
     """
     if x_ng.layout == torch.strided:
         return x_ng
     if x_ng.layout != torch.sparse_csr:
         return x_ng.to_dense()
-    dense = torch.zeros(x_ng.shape, dtype=x_ng.dtype, device=x_ng.device)
+    if background_g is None:
+        dense = torch.zeros(x_ng.shape, dtype=x_ng.dtype, device=x_ng.device)
+    else:
+        dense = background_g.to(x_ng.dtype).expand(x_ng.shape).clone()
     dense.view(-1).scatter_(0, flat_positions_of_stored_values(x_ng), x_ng.values())
     return dense
 
@@ -120,9 +124,7 @@ def standardize(
                 zeros_g.clamp(-max_value, max_value),
                 stored.clamp(-max_value, max_value),
             )
-        y = zeros_g.expand(x_ng.shape).clone()
-        y.view(-1).scatter_(0, flat_positions_of_stored_values(x_ng), stored)
-        return y
+        return densify(map_stored_values(x_ng, stored), background_g=zeros_g)
     y = (densify(x_ng).to(torch.float32) - center_g) / scale_g
     if max_value is not None:
         y = y.clamp(-max_value, max_value)

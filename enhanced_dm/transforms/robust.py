@@ -38,12 +38,6 @@ class RobustScale(CenterScaleTransform):
 
     accepts_sparse = True  # the subsample keeps sparse rows; densified when applied
 
-    center_g: torch.Tensor
-    scale_g: torch.Tensor
-    center_bg: torch.Tensor
-    scale_bg: torch.Tensor
-    fitted_b: torch.Tensor
-
     def __init__(
         self,
         n_genes: int,
