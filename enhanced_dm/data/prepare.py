@@ -19,6 +19,7 @@ from pathlib import Path
 
 import h5py
 
+from enhanced_dm.data.sources import encoding_type
 from enhanced_dm.errors import DataFileError
 
 __all__ = ["prepare_h5ad"]
@@ -55,7 +56,7 @@ def prepare_h5ad(
         with h5py.File(source, "r") as src, h5py.File(temporary, "w") as dst:
             _check_matrices(src, source, matrices)
             dst.attrs.update(dict(src.attrs))
-            _copy_tree(src, dst, source, set(matrices))
+            _copy_tree(src, dst, set(matrices))
         os.replace(temporary, target)
     except OSError as error:
         raise DataFileError(f"{source}: cannot be prepared into {target} ({error})") from error
@@ -68,8 +69,7 @@ def prepare_h5ad(
 def _check_matrices(src: h5py.File, path: Path, matrices: Sequence[str]) -> None:
     for name in matrices:
         node = src.get(name)
-        encoding = node.attrs.get("encoding-type", "") if node is not None else ""
-        encoding = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+        encoding = encoding_type(node) if node is not None else ""
         if node is None or encoding != "csr_matrix":
             found = "missing" if node is None else f"stored as {encoding or type(node).__name__}"
             raise DataFileError(
@@ -77,7 +77,7 @@ def _check_matrices(src: h5py.File, path: Path, matrices: Sequence[str]) -> None
             )
 
 
-def _copy_tree(src: h5py.Group, dst: h5py.Group, path: Path, matrices: set[str]) -> None:
+def _copy_tree(src: h5py.Group, dst: h5py.Group, matrices: set[str]) -> None:
     """Copy ``src`` into ``dst``; the groups named in ``matrices`` get contiguous arrays."""
     for key, node in src.items():
         name = node.name.lstrip("/")
@@ -86,7 +86,7 @@ def _copy_tree(src: h5py.Group, dst: h5py.Group, path: Path, matrices: set[str])
         elif isinstance(node, h5py.Group) and any(m.startswith(name + "/") for m in matrices):
             group = dst.create_group(key)
             group.attrs.update(dict(node.attrs))
-            _copy_tree(node, group, path, matrices)
+            _copy_tree(node, group, matrices)
         else:
             src.copy(node, dst, name=key)
 

@@ -29,6 +29,7 @@ __all__ = [
     "Source",
     "ValuesLayout",
     "concat_row_blocks",
+    "encoding_type",
     "open_source",
 ]
 
@@ -498,7 +499,8 @@ def _as_csr(matrix: Any, where: str) -> sp.csr_matrix:
     )
 
 
-def _encoding(node: Any) -> str:
+def encoding_type(node: Any) -> str:
+    """An h5ad element's ``encoding-type`` attribute as text (``""`` when absent)."""
     encoding = node.attrs.get("encoding-type", "")
     return encoding.decode() if isinstance(encoding, bytes) else str(encoding)
 
@@ -517,7 +519,7 @@ def _matrix_element(path: Path, layer: str | None, backed: bool) -> str:
         node = file[element]
         where = f"{path} ({element})"
         if isinstance(node, h5py.Group):
-            encoding = _encoding(node)
+            encoding = encoding_type(node)
             if encoding not in ("csr_matrix", "csc_matrix") or "data" not in node:
                 raise DataFileError(
                     f"{where}: stored as {encoding or 'an unknown group'}; expected a csr_matrix, "

@@ -239,3 +239,13 @@ def test_a_batch_across_more_files_than_may_stay_open(
         np.testing.assert_array_equal(
             batch["counts_ng"].to_dense().numpy(), expected[local].toarray()
         )
+
+
+def test_direct_read_false_sends_a_directly_readable_file_to_h5py(mouse_mappable: str) -> None:
+    direct = CellStore(mouse_mappable, backed=True)
+    spans = CellStore(mouse_mappable, backed=True, direct_read=False)
+    assert direct.sources[0].reads_directly and not spans.sources[0].reads_directly
+    rows = np.arange(0, 10000, 7)
+    assert torch.equal(
+        direct.read(rows)["counts_ng"].to_dense(), spans.read(rows)["counts_ng"].to_dense()
+    )
