@@ -107,6 +107,17 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
+def _tree_pids(root: int) -> list[int]:
+    """``root`` and all its live descendants (from /proc)."""
+    children = _children_map()
+    pids, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        pids.append(pid)
+        stack.extend(children.get(pid, ()))
+    return pids
+
+
 def _rss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm", "rb") as handle:
@@ -125,13 +136,7 @@ def tree_rss_bytes(root: int | None = None) -> int:
     try:
         import psutil
     except ImportError:
-        children = _children_map()
-        total, stack = 0, [root]
-        while stack:
-            pid = stack.pop()
-            total += _rss_bytes(pid)
-            stack.extend(children.get(pid, ()))
-        return total
+        return sum(_rss_bytes(pid) for pid in _tree_pids(root))
     try:
         process = psutil.Process(root)
         processes = [process, *process.children(recursive=True)]
@@ -166,10 +171,7 @@ def _tree_cpu_s() -> float:
     """CPU seconds of this process, its reaped children and its live descendants."""
     times = os.times()
     total = times.user + times.system + times.children_user + times.children_system
-    children = _children_map()
-    stack = list(children.get(os.getpid(), ()))
-    while stack:
-        pid = stack.pop()
+    for pid in _tree_pids(os.getpid())[1:]:
         try:
             with open(f"/proc/{pid}/stat", "rb") as handle:
                 stat = handle.read()
@@ -177,7 +179,6 @@ def _tree_cpu_s() -> float:
             continue
         fields = stat[stat.rindex(b")") + 2 :].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        stack.extend(children.get(pid, ()))
     return total
 
 
@@ -212,22 +213,23 @@ def foreign_cores_now(seconds: float = 1.0) -> float:
 def tree_anonymous_bytes(root: int | None = None) -> int:
     """Anonymous resident memory (``RssAnon``: heap, buffers) of a process and its descendants.
 
-    Unlike RSS it leaves out file pages mapped into the process: a memory-mapped h5ad shows in
+    Unlike RSS it leaves out file pages mapped into the process: a memory-mapped file shows in
     RSS as the pages read so far, yet those are the kernel's page cache, shared and reclaimable.
     """
-    children = _children_map()
-    total, stack = 0, [os.getpid() if root is None else root]
-    while stack:
-        pid = stack.pop()
+    total = 0
+    for pid in _tree_pids(os.getpid() if root is None else root):
         try:
             with open(f"/proc/{pid}/status", "rb") as handle:
-                for line in handle:
-                    if line.startswith(b"RssAnon:"):
-                        total += int(line.split()[1]) * 1024
-                        break
+                total += next(
+                    (
+                        int(line.split()[1]) * 1024
+                        for line in handle
+                        if line.startswith(b"RssAnon:")
+                    ),
+                    0,
+                )
         except OSError:
             pass
-        stack.extend(children.get(pid, ()))
     return total
 
 

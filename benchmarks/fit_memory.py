@@ -21,46 +21,11 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-
-class AnonPeak:
-    """Largest ``RssAnon`` of this process (Linux ``/proc``; None elsewhere), sampled in a thread."""
-
-    def __init__(self, every_s: float = 0.01) -> None:
-        self.every_s = every_s
-        self.peak_kib: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _anon_kib() -> int | None:
-        try:
-            with open("/proc/self/status") as status:
-                for line in status:
-                    if line.startswith("RssAnon:"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            value = self._anon_kib()
-            if value is not None:
-                self.peak_kib = max(self.peak_kib or 0, value)
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> AnonPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from common import PeakMemorySampler
 
 
 def fit_once(
@@ -84,7 +49,7 @@ def fit_once(
             progress=False,
             direct_read=direct_read,
         )
-        with AnonPeak() as anon:
+        with PeakMemorySampler(interval_s=0.01) as memory:
             started = time.perf_counter()
             dm.setup("fit")
             seconds = time.perf_counter() - started
@@ -97,7 +62,7 @@ def fit_once(
         "direct_read": direct_read,
         "setup_seconds": seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "peak_anon_rss_gib": None if anon.peak_kib is None else anon.peak_kib / 2**20,
+        "peak_anon_rss_gib": memory.peak_anonymous_bytes / 2**30,
     }
 
 
