@@ -45,18 +45,29 @@ class InputStatsMetric(Metric):
             )
         self.cells += n_cells
         if counts_ng.layout == torch.sparse_csr:
-            nonzero = counts_ng.values() != 0
-            # Non-zeros per cell from a running count read at the row boundaries (cheaper than
-            # a scatter-add); an explicitly stored zero counts for nothing in either statistic.
-            running = torch.cat([nonzero.new_zeros(1, dtype=torch.int64), nonzero.cumsum(0)])
-            nonzero_per_cell = running[counts_ng.crow_indices().to(torch.int64)].diff()
-            self.zero_count_cells += (nonzero_per_cell == 0).sum()
-            genes = counts_ng.col_indices().to(torch.int64).masked_fill(~nonzero, n_genes)
-            self.nonzero_cells_g += torch.bincount(genes, minlength=n_genes + 1)[:n_genes]
+            self._update_sparse(counts_ng)
             return
         nonzero_ng = counts_ng != 0
         self.zero_count_cells += (~nonzero_ng.any(dim=-1)).sum()
-        self.nonzero_cells_g += nonzero_ng.sum(dim=0)
+        self.nonzero_cells_g += torch.count_nonzero(nonzero_ng, dim=0)
+
+    def _update_sparse(self, counts_ng: torch.Tensor) -> None:
+        """From the stored values only; an explicitly stored zero counts for nothing."""
+        values, n_genes = counts_ng.values(), counts_ng.shape[1]
+        genes = counts_ng.col_indices().to(torch.int64)
+        crow = counts_ng.crow_indices().to(torch.int64)
+        n_stored_zeros = values.numel() - torch.count_nonzero(values)
+        if bool(n_stored_zeros == 0):  # the usual case: stored means non-zero
+            nonzero_per_cell = crow.diff()
+        else:
+            # Non-zeros per cell from a running count read at the row boundaries (cheaper than
+            # a scatter-add); stored zeros are binned past the last gene and dropped.
+            nonzero = values != 0
+            running = torch.cat([nonzero.new_zeros(1, dtype=torch.int64), nonzero.cumsum(0)])
+            nonzero_per_cell = running[crow].diff()
+            genes = genes.masked_fill(~nonzero, n_genes)
+        self.zero_count_cells += torch.count_nonzero(nonzero_per_cell == 0)
+        self.nonzero_cells_g += torch.bincount(genes, minlength=n_genes + 1)[:n_genes]
 
     def compute(self) -> dict[str, float]:
         return {

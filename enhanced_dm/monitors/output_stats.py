@@ -65,7 +65,7 @@ class OutputStatsMetric(Metric):
         self.last_had_nonfinite = False
         if not bool(torch.isfinite(total)):
             finite = torch.isfinite(stored)
-            n_nonfinite = stored.numel() - finite.sum()
+            n_nonfinite = stored.numel() - torch.count_nonzero(finite)
             self.last_had_nonfinite = bool(n_nonfinite > 0)
             self.nonfinite += n_nonfinite
             stored = stored[finite]
@@ -74,10 +74,11 @@ class OutputStatsMetric(Metric):
         self.total += total
         self.total_sq += torch.dot(stored, stored).to(torch.float64)
         self.zeros += stored.numel() - torch.count_nonzero(stored) + implicit_zeros
-        if self.clip_value is not None:
-            self.clipped += (stored.abs() >= self.clip_value).sum()
         if stored.numel():
             low, high = torch.aminmax(stored)
+            if self.clip_value is not None and bool(torch.maximum(-low, high) >= self.clip_value):
+                # count_nonzero of the mask: summing a bool tensor is ~20x slower on CPU
+                self.clipped += torch.count_nonzero(stored.abs() >= self.clip_value)
             if implicit_zeros:
                 low, high = low.clamp(max=0), high.clamp(min=0)
             self.minimum = torch.minimum(self.minimum, low.to(torch.float64))

@@ -72,3 +72,35 @@ def test_output_stats_tell_a_float32_overflow_from_a_nan() -> None:
     metric.update(huge)
     assert metric.last_had_nonfinite
     assert metric.compute()["nonfinite_count"] == 1.0
+
+
+def test_input_stats_from_real_csr_equal_the_dense_count(log_wu2020: sp.csr_matrix) -> None:
+    counts = log_wu2020.copy()
+    counts.data = np.ceil(counts.data)  # stored values all non-zero: the fast path
+    counts[:5] = 0  # five cells without counts
+    counts.eliminate_zeros()
+    sparse, dense = InputStatsMetric(counts.shape[1]), InputStatsMetric(counts.shape[1])
+    sparse.update(as_torch_csr(counts))
+    dense.update(torch.from_numpy(counts.toarray()))
+    assert sparse.compute() == dense.compute()
+    assert sparse.compute()["zero_count_cells"] == 5.0
+
+
+@pytest.mark.parametrize("clip", [0.5, 100.0])
+def test_output_stats_count_clipped_values_as_numpy_does(clip: float) -> None:
+    values = torch.from_numpy(np.random.default_rng(0).normal(size=(64, 50)).astype(np.float32))
+    metric = OutputStatsMetric(clip_value=clip)
+    metric.update(values)
+    expected = float((np.abs(values.numpy()) >= clip).mean())
+    assert metric.compute()["clipped_fraction"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_densify_alternating_structures_of_one_shape(log_wu2020: sp.csr_matrix) -> None:
+    # The flat positions of the last structure are reused: alternating two structures of the
+    # same shape, and a matrix sharing one's structure with other values, must stay exact.
+    first, second = log_wu2020[:100], log_wu2020[100:200]
+    a, b = as_torch_csr(first), as_torch_csr(second)
+    for matrix, expected in [(a, first), (b, second), (a, first)]:
+        assert np.array_equal(F.densify(matrix).numpy(), expected.toarray())
+    doubled = F.map_stored_values(b, b.values() * 2)
+    assert np.array_equal(F.densify(doubled).numpy(), 2 * second.toarray())
