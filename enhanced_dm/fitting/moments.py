@@ -70,8 +70,9 @@ class GroupedMomentsMetric(Metric):
         values = x_ng.values().to(torch.float64)
         genes = x_ng.col_indices().to(torch.int64)
         self.count += n_cells
-        self.sum_g.index_add_(0, genes, values)
-        self.sumsq_g.index_add_(0, genes, values * values)
+        # scatter_add_: about 2x faster than index_add_ on CPU for this shape (same sums)
+        self.sum_g.scatter_add_(0, genes, values)
+        self.sumsq_g.scatter_add_(0, genes, values * values)
         if self.group_key is None or self.n_groups == 0:
             return
         group_n = batch[self.group_key].long()
@@ -82,8 +83,9 @@ class GroupedMomentsMetric(Metric):
         cells = rows_of_stored_values(x_ng)
         keep = valid_n[cells]
         flat = group_n[cells][keep] * n_genes + genes[keep]
-        self.sum_bg.view(-1).index_add_(0, flat, values[keep])
-        self.sumsq_bg.view(-1).index_add_(0, flat, values[keep] * values[keep])
+        kept = values[keep]
+        self.sum_bg.view(-1).scatter_add_(0, flat, kept)
+        self.sumsq_bg.view(-1).scatter_add_(0, flat, kept * kept)
 
     def compute(self) -> dict[str, torch.Tensor]:
         mean_g, std_g = moments_to_mean_std(self.count, self.sum_g, self.sumsq_g)
