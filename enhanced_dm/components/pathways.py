@@ -304,6 +304,7 @@ class GeneSetTransform(Transform):
             raise ConfigError(f"{type(self).__name__} needs at least one gene set")
         self.key = key
         self.output_key = output_key
+        self.reads_counts = key == "counts_ng"
         self.n_sets = selection.n_sets
         self.register_buffer("set_index_e", selection.set_index_e.clone())
         self.register_buffer("gene_index_e", selection.gene_index_e.clone())

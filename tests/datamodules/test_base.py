@@ -250,3 +250,23 @@ def test_evaluating_from_a_checkpoint_accepts_another_batch_size() -> None:
         else:
             with pytest.raises(ConfigError, match="batch_size"):
                 other.load_state_dict(state)
+
+
+def test_sparse_counts_option_keeps_the_counts_and_changes_nothing_else() -> None:
+    batches = []
+    for dense_counts in (True, False):
+        dm = make_dm(dense_counts=dense_counts, block_size=8)
+        dm.setup("fit")
+        batches.append([dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()])
+    for dense, sparse in zip(*batches, strict=True):
+        assert sparse["counts_ng"].layout == torch.sparse_csr
+        assert torch.equal(sparse["counts_ng"].to_dense(), dense["counts_ng"])
+        for key in dense.keys() - {"counts_ng"}:
+            assert torch.equal(dense[key], sparse[key]), key
+
+
+def test_sparse_counts_option_is_refused_when_a_step_reads_the_counts() -> None:
+    with pytest.raises(ConfigError, match=r"dense_counts=False.*pearson"):
+        make_dm(
+            dense_counts=False, normalization_type="pearson", per_cell_normalization=False
+        ).setup("fit")
