@@ -274,6 +274,18 @@ def targets(
             3.0,
         ),
         ("b64 + CPU normalization vs b64 loader only", normalized, ours_b64, 0.5),
+        (
+            "(dense_counts=False) b64 + CPU normalization vs b64 loader only",
+            rows.get("enhanced-dm backed b64 + CPU normalization, sparse counts"),
+            ours_b64,
+            0.5,
+        ),
+        (
+            "(floor: one dense x_ng, no normalization) b64 vs b64 loader only",
+            rows.get("enhanced-dm backed b64 + one dense x_ng (floor)"),
+            ours_b64,
+            0.5,
+        ),
     ]
     out = []
     for label, mine, theirs, goal in checks:
@@ -306,6 +318,20 @@ def targets(
                 "entropy_theirs": None,
             }
         )
+        if "read_pass_s" in fit:
+            reading = fit["read_pass_s"] / epoch_s
+            out.append(
+                {
+                    "target": "fitting (floor: reading a pass in fitting order) / one epoch",
+                    "goal": 1.2,
+                    "ratio": reading,
+                    "met": reading <= 1.2,
+                    "ours": f"read pass {fit['read_pass_s']:.2f} s",
+                    "theirs": f"epoch {epoch_s:.1f} s",
+                    "entropy_ours": None,
+                    "entropy_theirs": None,
+                }
+            )
     return out
 
 
