@@ -62,7 +62,8 @@ def normalized(
     for batch in dm.predict_dataloader():
         out = dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
         for key in keys:
-            parts[key].append(out[key].cpu().numpy())
+            value = out[key] if out[key].layout == torch.strided else out[key].to_dense()
+            parts[key].append(value.cpu().numpy())
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
@@ -195,6 +196,13 @@ def main() -> None:
             ),
             device,
             ["x_ng"],
+        ),
+        "sparse_counts_clipped_z_score_wu2020": compare(
+            lambda: BaseEnhancedDataModule(
+                data=wu2020, dense_counts=False, max_value=3.0, val_fraction=0.0, progress=False
+            ),
+            device,
+            ["x_ng", "counts_ng"],
         ),
         "median_target_z_score_pbmc": compare(
             lambda: BaseEnhancedDataModule(

@@ -56,8 +56,9 @@ class InputStatsMetric(Metric):
         values, n_genes = counts_ng.values(), counts_ng.shape[1]
         genes = counts_ng.col_indices().to(torch.int64)
         crow = counts_ng.crow_indices().to(torch.int64)
-        n_stored_zeros = values.numel() - torch.count_nonzero(values)
-        if bool(n_stored_zeros == 0):  # the usual case: stored means non-zero
+        # The usual case, stored means non-zero, skips the running count; checked on the CPU
+        # only, where asking costs no device synchronization.
+        if values.device.type == "cpu" and bool(torch.count_nonzero(values) == values.numel()):
             nonzero_per_cell = crow.diff()
         else:
             # Non-zeros per cell from a running count read at the row boundaries (cheaper than
