@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from enhanced_dm.csr import flat_positions_shared
+
 __all__ = ["FittableTransform", "Pipeline", "Transform"]
 
 Batch = dict[str, torch.Tensor]
@@ -107,13 +109,14 @@ class Pipeline(nn.ModuleList):
     ) -> Batch:
         """Run the transforms (all, or those before index ``stop_before``) over ``batch``."""
         result = dict(batch)
-        for index, (name, transform) in enumerate(self.named_transforms()):
-            if stop_before is not None and index >= stop_before:
-                break
-            out = transform(result)
-            result.update(out)
-            if on_output is not None:
-                on_output(name, transform, out)
+        with flat_positions_shared():  # counts and x_ng of a batch share one CSR structure
+            for index, (name, transform) in enumerate(self.named_transforms()):
+                if stop_before is not None and index >= stop_before:
+                    break
+                out = transform(result)
+                result.update(out)
+                if on_output is not None:
+                    on_output(name, transform, out)
         return result
 
     def __repr__(self) -> str:

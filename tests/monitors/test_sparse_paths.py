@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from enhanced_dm.csr import flat_positions_of_stored_values, flat_positions_shared
 from enhanced_dm.monitors.input_stats import InputStatsMetric
 from enhanced_dm.monitors.output_stats import OutputStatsMetric
 from enhanced_dm.transforms import functional as F
@@ -96,11 +97,15 @@ def test_output_stats_count_clipped_values_as_numpy_does(clip: float) -> None:
 
 
 def test_densify_alternating_structures_of_one_shape(log_wu2020: sp.csr_matrix) -> None:
-    # The flat positions of the last structure are reused: alternating two structures of the
-    # same shape, and a matrix sharing one's structure with other values, must stay exact.
+    # Inside flat_positions_shared the positions of the last structure are reused: alternating
+    # two structures of the same shape, and a matrix sharing one's structure with other values,
+    # must stay exact; the block's end drops what it held.
     first, second = log_wu2020[:100], log_wu2020[100:200]
     a, b = as_torch_csr(first), as_torch_csr(second)
-    for matrix, expected in [(a, first), (b, second), (a, first)]:
-        assert np.array_equal(F.densify(matrix).numpy(), expected.toarray())
-    doubled = F.map_stored_values(b, b.values() * 2)
-    assert np.array_equal(F.densify(doubled).numpy(), 2 * second.toarray())
+    with flat_positions_shared():
+        for matrix, expected in [(a, first), (b, second), (a, first)]:
+            assert np.array_equal(F.densify(matrix).numpy(), expected.toarray())
+        doubled = F.map_stored_values(b, b.values() * 2)
+        assert np.array_equal(F.densify(doubled).numpy(), 2 * second.toarray())
+        assert flat_positions_of_stored_values(doubled) is flat_positions_of_stored_values(b)
+    assert flat_positions_of_stored_values(b) is not flat_positions_of_stored_values(b)
