@@ -333,3 +333,23 @@ def test_check_values_names_the_place_for_other_inputs() -> None:
         check_values(np.array([1.5]), "item 2", require_integer=True)
     with pytest.raises(DataFileError, match=r"item 3: found 1 negative value"):
         check_values(np.array([-1]), "item 3", require_integer=False)
+
+
+@pytest.mark.parametrize("backed", [False, True])
+@pytest.mark.parametrize("bad_index", [-1, 765])
+def test_out_of_range_column_index_is_refused(
+    pbmc_copy: Path, pbmc: ad.AnnData, backed: bool, bad_index: int
+) -> None:
+    # Densified, an index past the last gene would land in the next cell's row: refuse it.
+    position = 5000
+    row = int(np.searchsorted(pbmc.X.indptr, position, side="right") - 1)
+    assert bad_index < 0 or bad_index >= pbmc.n_vars
+    with h5py.File(pbmc_copy, "r+") as file:
+        file["X/indices"][position] = bad_index
+    store = CellStore(pbmc_copy, backed=backed)
+    with pytest.raises(
+        DataFileError,
+        match=rf"pbmc.h5ad \(X\): row {row} stores the column index {bad_index}; "
+        rf"expected indices in \[0, {pbmc.n_vars}\)",
+    ):
+        store.read(np.arange(store.n_obs))
