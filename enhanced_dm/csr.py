@@ -21,10 +21,10 @@ def repeat_per_stored_value(x_ng: torch.Tensor, per_row_n: torch.Tensor) -> torc
     no index gather; no host sync: the size is known).
 
     On CPU numpy's ``repeat`` does it (4-8x faster than ``torch.repeat_interleave`` there, which
-    is the kernel used on other devices).
+    is the kernel used on other devices and whenever autograd tracks ``per_row_n``).
     """
     crow = x_ng.crow_indices()
-    if per_row_n.device.type == "cpu":
+    if per_row_n.device.type == "cpu" and not per_row_n.requires_grad:
         lengths = np.diff(crow.numpy())
         return torch.from_numpy(np.repeat(per_row_n.numpy(), lengths))
     return torch.repeat_interleave(per_row_n, crow.diff(), output_size=x_ng.values().numel())
