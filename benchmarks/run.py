@@ -412,10 +412,12 @@ def markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------- main
 
 
-def run_fitting(settings: Settings, cache_dir: str) -> dict[str, Any]:
+def run_fitting(settings: Settings, cache_dir: str, repeats: int = 1) -> dict[str, Any]:
     """Fitting pass of enhanced-dm (backed) and scanpy's in-memory equivalent.
 
-    enhanced-dm's statistics land in ``cache_dir``, where the CPU-normalization row finds them.
+    enhanced-dm's fit is measured ``repeats`` times, like the loader rows, and the fastest kept
+    (all are in ``fitting_s_runs``); the last run's statistics land in ``cache_dir``, where the
+    CPU-normalization row finds them.
     """
     import fitting
 
@@ -425,14 +427,19 @@ def run_fitting(settings: Settings, cache_dir: str) -> dict[str, Any]:
         out["enhanced_error"] = reason
     else:
         try:
-            out["enhanced"] = fitting.enhanced_fitting(
-                settings.path,
-                settings.batch_size,
-                64,
-                backed=True,
-                cell_type_key=settings.cell_type_key,
-                cache_dir=cache_dir,
-            )
+            runs = [
+                fitting.enhanced_fitting(
+                    settings.path,
+                    settings.batch_size,
+                    64,
+                    backed=True,
+                    cell_type_key=settings.cell_type_key,
+                    cache_dir=cache_dir if run == repeats - 1 else None,
+                )
+                for run in range(repeats)
+            ]
+            fastest = min(runs, key=lambda run: run["fitting_s"])
+            out["enhanced"] = {**fastest, "fitting_s_runs": [run["fitting_s"] for run in runs]}
         except Exception as error:
             traceback.print_exc()
             out["enhanced_error"] = f"{type(error).__name__}: {error}"[:300]
@@ -534,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.fitting:
         print("-> fitting pass (enhanced-dm backed, then scanpy in memory)", flush=True)
-        report["fitting"] = run_fitting(settings, stats_cache_dir)
+        report["fitting"] = run_fitting(settings, stats_cache_dir, args.repeats)
     else:
         report["fitting"] = None
 
