@@ -84,7 +84,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
 
     ``dense_counts=False`` leaves ``counts_ng`` in the batch as the sparse CSR tensor it travelled
     as, for models that read only ``x_ng`` (State / scGPT style; scVI-style models need the dense
-    counts): one dense integer write less per batch (on a 2-core CPU run, +40 % cells/s). Rejected
+    counts): one dense integer write less per batch (on a 2-core CPU run, +15-40 % cells/s). Rejected
     when a pipeline step reads the dense counts.
     """
 
