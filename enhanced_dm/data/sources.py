@@ -356,6 +356,31 @@ class Source:
         per_span = max(1, max_values // len(starts))
         return np.concatenate([data[s : s + per_span] for s in starts])
 
+    def structure_to_check(self, max_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(indptr, indices, rows)`` for the setup-time check that no row stores a gene twice.
+
+        In memory: every row (the held arrays, no copy). Backed: the column indices alone of
+        ``_SAMPLE_SPANS`` evenly spaced spans of rows, about ``max_rows`` in all (one h5py read
+        per span). None for a dense matrix (nothing to repeat).
+        """
+        if self._matrix is not None:
+            assert self._indptr is not None
+            return self._indptr, self._matrix.indices, np.arange(self.n_obs)
+        node = self._group()
+        if self._dense:
+            return None
+        assert self._indptr is not None
+        starts = _span_starts(self.n_obs, max_rows, _SAMPLE_SPANS)
+        per_span = max(1, max_rows // max(1, len(starts)))
+        spans = [(start, min(start + per_span, self.n_obs)) for start in starts]
+        lengths = np.concatenate([np.diff(self._indptr[a : b + 1]) for a, b in spans])
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        indices = np.concatenate(
+            [node["indices"][self._indptr[a] : self._indptr[b]] for a, b in spans]
+        )
+        rows = np.concatenate([np.arange(a, b) for a, b in spans])
+        return indptr, indices, rows
+
     def values_to_check(self, max_values: int) -> tuple[np.ndarray, bool]:
         """The values the setup-time check looks at, and whether they are ALL the stored values.
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeAlias
 import anndata
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from enhanced_dm.data.sources import (
@@ -30,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 # Backed files storing more values than this are sampled at setup; the rest is checked on read.
 VALUE_CHECK_MAX_VALUES = 1_000_000
+# Rows of a backed file whose column indices the setup check reads (in memory: every row).
+STRUCTURE_CHECK_MAX_ROWS = 1024
+_STRUCTURE_CHUNK = 4_000_000
 
 # torch marks sparse CSR as beta on every construction; the layout is used on purpose here.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -165,6 +169,8 @@ class CellStore:
         self.counts_option = counts
         self.counts_verdict = ""
         self.is_counts = self._check_values(counts)
+        for source in self.sources:
+            _check_genes_once_per_row(source)
 
     # ----------------------------------------------------------------------------- metadata
     @property
@@ -525,6 +531,52 @@ def _check_columns(block: RowBlock, source: Source, local_rows: np.ndarray) -> N
         f"{source.where}: row {row} stores the column index {int(indices[first])}; expected "
         f"indices in [0, {source.n_vars}) (the file's genes): its indices array is corrupt"
     )
+
+
+def _check_genes_once_per_row(source: Source) -> None:
+    """Refuse a CSR matrix that stores a gene twice in one row (checked at setup: every row in
+    memory, evenly spaced spans backed). scipy and scanpy sum such entries, a densified batch
+    would keep one of them. Rows are scanned in chunks of about ``_STRUCTURE_CHUNK`` values, so
+    the check's memory stays small whatever the matrix's size."""
+    checked = source.structure_to_check(STRUCTURE_CHECK_MAX_ROWS)
+    source.close()  # reads reopen lazily; forked DataLoader workers must not inherit a handle
+    if checked is None:
+        return
+    indptr, indices, rows = checked
+    first, n_rows = 0, len(indptr) - 1
+    while first < n_rows:
+        last = int(np.searchsorted(indptr, indptr[first] + _STRUCTURE_CHUNK, side="right")) - 1
+        last = min(n_rows, max(last, first + 1))
+        chunk = indices[indptr[first] : indptr[last]]
+        repeat = _first_repeated_gene(indptr[first : last + 1] - indptr[first], chunk)
+        if repeat is not None:
+            row, gene = int(rows[first + repeat[0]]), repeat[1]
+            raise DataFileError(
+                f"{source.where}: row {row} stores gene {source.var_names[gene]!r} (column "
+                f"{gene}) more than once; expected each gene at most once per row. Sum the "
+                "repeats and write the file again (adata.X.sum_duplicates(); adata.write_h5ad)"
+            )
+        first = last
+
+
+def _first_repeated_gene(indptr: np.ndarray, indices: np.ndarray) -> tuple[int, int] | None:
+    """(row, gene) of the first gene stored twice in a row of this CSR structure, or None.
+    Canonical structures (sorted, unique) pass with scipy's C-level scan."""
+    marker = np.zeros(len(indices), np.int8)
+    n_genes = int(indices.max()) + 1 if len(indices) else 0
+    if sp.csr_matrix(
+        (marker, indices, indptr), shape=(len(indptr) - 1, n_genes)
+    ).has_canonical_format:
+        return None
+    row_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    order = np.lexsort((indices, row_of))
+    row_sorted, gene_sorted = row_of[order], indices[order]
+    repeated = np.flatnonzero(
+        (row_sorted[1:] == row_sorted[:-1]) & (gene_sorted[1:] == gene_sorted[:-1])
+    )
+    if not len(repeated):
+        return None  # unsorted but unique: fine
+    return int(row_sorted[repeated[0]]), int(gene_sorted[repeated[0]])
 
 
 def _row_sums(block: RowBlock) -> np.ndarray:

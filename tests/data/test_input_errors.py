@@ -353,3 +353,58 @@ def test_out_of_range_column_index_is_refused(
         rf"expected indices in \[0, {pbmc.n_vars}\)",
     ):
         store.read(np.arange(store.n_obs))
+
+
+@pytest.mark.parametrize("backed", [False, True])
+def test_a_gene_stored_twice_in_a_row_is_refused(
+    pbmc_copy: Path, pbmc: ad.AnnData, backed: bool
+) -> None:
+    # scipy and scanpy sum repeated entries, a densified batch would keep one: refuse them.
+    row = 0
+    first = int(pbmc.X.indptr[row])
+    gene = int(pbmc.X.indices[first])
+    if backed:
+        with h5py.File(pbmc_copy, "r+") as file:
+            file["X/indices"][first + 1] = gene
+        data = pbmc_copy
+    else:
+        data = pbmc.copy()
+        data.X.indices[first + 1] = gene
+    with pytest.raises(
+        DataFileError,
+        match=rf"\(X\): row {row} stores gene '{pbmc.var_names[gene]}' \(column {gene}\) more "
+        r"than once; expected each gene at most once per row",
+    ):
+        CellStore(data, backed=backed)
+
+
+def test_unsorted_but_unique_column_indices_are_accepted(pbmc: ad.AnnData) -> None:
+    shuffled = pbmc.copy()
+    matrix = shuffled.X
+    rng = np.random.default_rng(0)
+    for row in range(matrix.shape[0]):
+        start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+        order = start + rng.permutation(stop - start)
+        matrix.indices[start:stop], matrix.data[start:stop] = (
+            matrix.indices[order].copy(),
+            matrix.data[order].copy(),
+        )
+    assert not sp.csr_matrix(matrix).has_sorted_indices
+    rows = np.arange(pbmc.n_obs)
+    got = CellStore(shuffled).read(rows)["counts_ng"].to_dense()
+    expected = CellStore(pbmc).read(rows)["counts_ng"].to_dense()
+    assert torch.equal(got, expected)
+
+
+def test_a_repeated_gene_is_found_past_the_first_chunk_of_rows(
+    pbmc: ad.AnnData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import enhanced_dm.data.store as store_module
+
+    monkeypatch.setattr(store_module, "_STRUCTURE_CHUNK", 5_000)  # many chunks of rows
+    data = pbmc.copy()
+    row = 600
+    first = int(data.X.indptr[row])
+    data.X.indices[first + 1] = data.X.indices[first]
+    with pytest.raises(DataFileError, match=rf"row {row} stores gene"):
+        CellStore(data)
