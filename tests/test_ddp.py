@@ -353,7 +353,11 @@ def lightning_ddp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     launcher_variables = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {key: value for key, value in os.environ.items() if key not in launcher_variables}
     env |= {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
-    options = json.dumps({**OPTIONS, "num_workers": 1})
+    # No DataLoader workers in the Lightning-launched ranks: forking a rank process that runs
+    # threads (gloo, queue feeders) deadlocked the child about one run in four here, inside
+    # Python 3.11's PyOS_AfterFork_Child (a CPython lock held by another thread at the fork).
+    # Workers under DDP are covered by the torchrun-style tests above (num_workers=2).
+    options = json.dumps({**OPTIONS, "num_workers": 0})
     command = [sys.executable, str(script), str(shared_data(WU2020)), str(tmp_path), options]
     process = subprocess.Popen(
         command,

@@ -61,16 +61,24 @@ class CellDataLoader(DataLoader):
 
 
 def make_dataloader(
-    store: CellStore, sampler: Sampler, num_workers: int = 0, pin_memory: bool = False
+    store: CellStore,
+    sampler: Sampler,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = True,
 ) -> DataLoader:
-    """DataLoader over whole-batch items: ``batch_size=None`` so no per-cell collation happens."""
+    """DataLoader over whole-batch items: ``batch_size=None`` so no per-cell collation happens.
+
+    Workers persist across epochs unless ``persistent_workers=False`` (a one-off pass such as
+    fitting: its workers then exit when the pass ends instead of whenever the loader is
+    garbage-collected, possibly while the next loader forks its own)."""
     return CellDataLoader(
         CellBatchDataset(store),
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=persistent_workers and num_workers > 0,
     )
 
 

@@ -474,7 +474,9 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             rank=rank,
             even_batches=False,
         )
-        return make_dataloader(self._require_store(), sampler, self.num_workers)
+        return make_dataloader(
+            self._require_store(), sampler, self.num_workers, persistent_workers=False
+        )
 
     def _check_same_data_on_all_ranks(self) -> None:
         """Every rank must have built the same gene space, category maps and split (they are
