@@ -361,24 +361,23 @@ class Source:
 
         In memory: every row (the held arrays, no copy). Backed: the column indices alone of
         ``_SAMPLE_SPANS`` evenly spaced spans of rows, about ``max_rows`` in all (one h5py read
-        per span). None for a dense matrix (nothing to repeat).
+        per span). None for a dense matrix or a backed one without rows (nothing to repeat).
         """
         if self._matrix is not None:
             assert self._indptr is not None
             return self._indptr, self._matrix.indices, np.arange(self.n_obs)
         node = self._group()
-        if self._dense:
+        if self._dense or self.n_obs == 0:
             return None
         assert self._indptr is not None
         starts = _span_starts(self.n_obs, max_rows, _SAMPLE_SPANS)
         per_span = max(1, max_rows // max(1, len(starts)))
-        spans = [(start, min(start + per_span, self.n_obs)) for start in starts]
-        lengths = np.concatenate([np.diff(self._indptr[a : b + 1]) for a, b in spans])
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        indices = np.concatenate(
-            [node["indices"][self._indptr[a] : self._indptr[b]] for a, b in spans]
+        rows = np.unique(
+            np.concatenate([np.arange(a, min(a + per_span, self.n_obs)) for a in starts])
         )
-        rows = np.concatenate([np.arange(a, b) for a, b in spans])
+        indptr, firsts, lasts = _plan_rows(self._indptr, rows)
+        pairs = zip(firsts.tolist(), lasts.tolist(), strict=True)
+        indices = np.concatenate([node["indices"][low:high] for low, high in pairs])
         return indptr, indices, rows
 
     def values_to_check(self, max_values: int) -> tuple[np.ndarray, bool]:

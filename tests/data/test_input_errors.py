@@ -408,3 +408,14 @@ def test_a_repeated_gene_is_found_past_the_first_chunk_of_rows(
     data.X.indices[first + 1] = data.X.indices[first]
     with pytest.raises(DataFileError, match=rf"row {row} stores gene"):
         CellStore(data)
+
+
+def test_a_backed_file_without_cells_beside_others_is_read(
+    tmp_path: Path, pbmc: ad.AnnData
+) -> None:
+    # The setup checks sample rows of each file; a file with no rows has none to sample.
+    pbmc.write_h5ad(tmp_path / "part_0.h5ad")
+    pbmc[:0].copy().write_h5ad(tmp_path / "part_1.h5ad")
+    store = CellStore(str(tmp_path / "part_*.h5ad"), backed=True)
+    assert store.n_obs == pbmc.n_obs
+    assert store.read(np.arange(5))["counts_ng"].shape == (5, pbmc.n_vars)
