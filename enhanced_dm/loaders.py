@@ -19,8 +19,10 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch.utils.data import get_worker_info
 
 from enhanced_dm.data.collate import CellDataset, collate_cells
+from enhanced_dm.data.sequences import SequenceRows, read_sequences
 from enhanced_dm.data.store import check_values
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 from enhanced_dm.errors import ConfigError
@@ -33,7 +35,9 @@ class EnhancedCollateLoader:
 
     datamodule_class: ClassVar[type[BaseEnhancedDataModule]] = BaseEnhancedDataModule
 
-    def __init__(self, cfg: Any = None, data: Any = None, **options: Any) -> None:
+    def __init__(
+        self, cfg: Any = None, data: Any = None, *, training: bool = False, **options: Any
+    ) -> None:
         if data is None and cfg is not None:
             data = _config_value(cfg, "data")
         if data is None:
@@ -42,8 +46,30 @@ class EnhancedCollateLoader:
                 "AnnData) to fit its normalization statistics on"
             )
         self.cfg = cfg
+        self.training = training
         self.datamodule = self.datamodule_class(data=data, cfg=cfg, **options)
         self.datamodule.setup("fit")
+        self._batches = 0
+
+    def train(self, mode: bool = True) -> EnhancedCollateLoader:
+        """Training mode: batches are normalized in the ``"train"`` stage, so training-only
+        steps (augmentation) run and components update their running state. Returns self."""
+        self.training = mode
+        return self
+
+    def eval(self) -> EnhancedCollateLoader:
+        """Evaluation mode (the default): the ``"predict"`` stage, nothing random."""
+        return self.train(False)
+
+    def batch_sampler(self, split: str | None = None, shuffle: bool | None = None) -> Any:
+        """A batch sampler over the cells of ``split`` (all cells when None) for
+        ``DataLoader(loader.dataset(), batch_sampler=..., collate_fn=loader)``: the component's
+        own when one replaces it (sequences: a collate function alone cannot build them), else
+        the block-shuffle sampler. ``shuffle`` defaults to the training mode. Sampled rows are
+        global: pass ``loader.dataset()`` (all cells), not a split's dataset."""
+        dm = self.datamodule
+        indices = np.arange(dm._require_store().n_obs) if split is None else dm.split[split]
+        return dm._sampler(indices, self.training if shuffle is None else shuffle, pooled=False)
 
     @property
     def var_names(self) -> list[str]:
@@ -55,10 +81,24 @@ class EnhancedCollateLoader:
         return CellDataset(store, None if split is None else self.datamodule.split[split].tolist())
 
     def __call__(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
-        batch = collate_cells(
-            [self._as_batch(item, position) for position, item in enumerate(items)]
-        )
-        return self.datamodule.on_after_batch_transfer(batch, 0)
+        if self.training and get_worker_info() is not None:
+            running = [c.name for c in self.datamodule.components if c.has_running_state]
+            if running:
+                raise ConfigError(
+                    f"{type(self).__name__} in training mode keeps running state (components "
+                    f"{running}); updates made in DataLoader workers would be lost: use "
+                    "num_workers=0"
+                )
+        store = self.datamodule._require_store()
+        if items and all(isinstance(item, SequenceRows) for item in items):
+            batch = read_sequences(store, np.stack([item.rows_s for item in items]))
+        else:
+            batch = collate_cells(
+                [self._as_batch(item, position) for position, item in enumerate(items)]
+            )
+        batch["batch_index"] = self._batches
+        self._batches += 1
+        return self.datamodule.normalize(batch, stage="train" if self.training else "predict")
 
     def _as_batch(self, item: Any, position: int) -> dict[str, torch.Tensor]:
         if isinstance(item, dict) and "counts_ng" in item:

@@ -144,7 +144,7 @@ def test_enhanced_dm_errors_are_a_message_not_a_traceback(tmp_path: Path) -> Non
 def test_constructor_errors_are_a_message_not_a_traceback(tmp_path: Path) -> None:
     result = enhanced_dm("stats", "datamodule.normalization_type=zscore", cwd=tmp_path)
     assert result.returncode == 1
-    assert "unknown normalization_type 'zscore'" in result.stderr
+    assert "normalization_type='zscore' is invalid; expected one of" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import enhanced_dm.datamodules.base as base_module
+import enhanced_dm.fitting.fit_or_load as base_module
 from enhanced_dm import BaseEnhancedDataModule, BlockShuffleSampler
 from enhanced_dm.fitting.driver import fitted_states
 from tests.helpers import REPO_ROOT, shared_data

@@ -1,45 +1,118 @@
-"""The component contract: one piece of biological context a DataModule is built from."""
+"""The component contract: one piece of biological context a DataModule is built from.
+
+Pipeline order (the one place it is written down; :func:`~enhanced_dm.transforms.build.
+build_pipeline` builds it)::
+
+    counts slot       stored values of the sparse counts_ng (count noise, down-sampling)
+      -> densify      dense counts_ng (integers), x_ng starts as float32 counts
+      -> total-count  (per_cell_normalization)
+      -> log1p
+    per_cell slot     regress-out, HVG selection, ...
+      -> densify_x    x_ng dense, before the first step that cannot read CSR
+      -> keep_x_log   x_log_ng = x_ng, only when a later step reads_log_expression
+    gene_wise         the DataModule's normalization_type, or the one component that owns it
+    after_gene_wise   context features: pathway scores, compartments, TF activity, ...
+      -> sequences    items that are sequences are reshaped last (*_nsg, mask_ns)
+
+Within a slot, steps run in component order, then in the order a component lists them.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
-from enhanced_dm.transforms.base import Transform
+import numpy as np
+
+from enhanced_dm.errors import ConfigError
+from enhanced_dm.options import Option, declared_signature, validate_options
+from enhanced_dm.transforms.base import Batch, Transform
 
 if TYPE_CHECKING:
+    from enhanced_dm.data.sampler import ResumableBatchSampler
     from enhanced_dm.data.store import CellStore
+    from enhanced_dm.transforms.context import StepContext
 
-__all__ = ["Component"]
+__all__ = ["SLOTS", "Component", "Slot", "merge_obs_columns", "owned_batch_sampler"]
+
+Slot = Literal["counts", "per_cell", "gene_wise", "after_gene_wise"]
+SLOTS: tuple[str, ...] = get_args(Slot)
 
 
 class Component:
     """Owns its options, reads its annotation files against the data's gene space in ``setup``,
-    contributes transforms appended to the base pipeline, holds per-dataset constants (membership
-    matrices, adjacency, names) and reports its statistics.
+    contributes transforms to the pipeline at declared slots, holds per-dataset constants
+    (membership matrices, adjacency, names) and reports its statistics. Every hook is optional.
 
-    * ``name``: short name; ``get_<name>_stats()`` on DataModules and loaders reads ``stats()``.
-    * ``obs_columns()``: extra obs columns it needs in the batch (batch name -> obs column).
+    * ``name``: short name; ``get_<name>_stats()`` on DataModules and loaders returns
+      :meth:`report` (plus the monitors' summary of :meth:`output_steps`).
+    * ``options``: the declared constructor options (:class:`~enhanced_dm.options.Option`); the
+      constructor takes exactly these (positionally in this order, or by name), validates them
+      and stores each as an attribute. DataModules built from components expose them too.
+    * ``obs_columns()``: obs columns it needs in the batch (batch name -> obs column).
     * ``setup(store)``: read files, build constants; called once, before fitting.
-    * ``transforms()``: ``(name, transform)`` pairs appended after the gene-wise normalization.
-    * ``config()``: options that change fitted statistics (enters the cache key).
-    * ``state_dict()`` / ``load_state_dict()``: constants and moving state saved in checkpoints.
+    * ``transforms()``: ``(name, transform, slot)`` triples (slots: module docstring).
+    * ``config()``: what changes fitted statistics (enters the statistics cache key).
+    * ``state_dict()`` / ``load_state_dict()``: per-dataset constants saved in checkpoints.
+    * ``update_running(batch, context)``, ``running_state()``, ``load_running_state()``: state
+      that changes during training (``has_running_state = True``). ``update_running`` is called
+      in the train stage only, after the pipeline, on every DDP rank; it must leave every rank
+      with the same state (:func:`~enhanced_dm.components.running.all_ranks_sum`). The state is
+      saved in the DataModule's ``state_dict()["running"]``, never in the statistics cache.
+    * ``batch_sampler(indices, ...)``: replaces how cell indices become batches (e.g. sequences).
     """
 
-    name: str = "component"
+    name: ClassVar[str] = "component"
+    options: ClassVar[tuple[Option, ...]] = ()
+    has_running_state: ClassVar[bool] = False
 
+    def __init__(self, *args: Any, **options: Any) -> None:
+        owner = type(self).__name__
+        if len(args) > len(self.options):
+            raise TypeError(f"{owner} takes at most {len(self.options)} positional options")
+        for option, value in zip(self.options, args, strict=False):
+            if option.name in options:
+                raise TypeError(f"{owner} got option {option.name!r} twice")
+            options[option.name] = value
+        values = validate_options(self.options, options, owner)
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "options" in cls.__dict__ and "__init__" not in cls.__dict__:
+            # A constructor of the subclass's own, so its signature can name its options.
+            def __init__(self: Component, *args: Any, **options: Any) -> None:
+                super(cls, self).__init__(*args, **options)  # type: ignore[misc]
+
+            __init__.__doc__ = cls.__doc__
+            cls.__init__ = __init__  # type: ignore[method-assign]
+        if "options" in cls.__dict__:
+            declared_signature(cls.__init__, cls.options, keyword_only=False)
+
+    def option_values(self) -> dict[str, Any]:
+        """The declared options' current values."""
+        return {option.name: getattr(self, option.name) for option in self.options}
+
+    # ------------------------------------------------------------------------------- hooks
     def obs_columns(self) -> dict[str, str]:
         return {}
 
     def setup(self, store: CellStore) -> None:
         """Read annotation files and build constants on ``store``'s gene space."""
 
-    def transforms(self) -> list[tuple[str, Transform]]:
+    def transforms(self) -> list[tuple[str, Transform, Slot]]:
         return []
+
+    def output_steps(self) -> dict[str, str]:
+        """Label -> pipeline step whose output the monitors summarize in the stats report."""
+        return {}
 
     def config(self) -> dict[str, Any]:
         return {}
 
-    def stats(self) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:
+        """What ``get_<name>_stats()`` returns (before the monitors' summaries are added)."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -47,3 +120,64 @@ class Component:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved."""
+
+    def update_running(self, batch: Batch, context: StepContext) -> None:
+        """Update running state from a normalized training batch (train stage only)."""
+
+    def running_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_running_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``running_state`` returned."""
+
+    def batch_sampler(
+        self,
+        indices: np.ndarray,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+    ) -> ResumableBatchSampler | None:
+        """A sampler of this component's items over ``indices``, or None (the DataModule's)."""
+        return None
+
+
+def merge_obs_columns(
+    requests: Sequence[tuple[str, Mapping[str, str]]], components: Sequence[Component]
+) -> dict[str, str]:
+    """Batch name -> obs column from ``(owner, {name: column})`` requests and the components'.
+
+    The same name asked for the same column twice is fine; for two different columns it is a
+    :class:`~enhanced_dm.errors.ConfigError` naming both owners.
+    """
+    columns: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    everything = [*requests, *((f"component {c.name!r}", c.obs_columns()) for c in components)]
+    for owner, request in everything:
+        for name, column in request.items():
+            if columns.setdefault(name, column) != column:
+                raise ConfigError(
+                    f"batch name {name!r} is mapped to obs column {columns[name]!r} by "
+                    f"{owners[name]} and to {column!r} by {owner}"
+                )
+            owners.setdefault(name, owner)
+    return columns
+
+
+def owned_batch_sampler(
+    components: Sequence[Component], indices: np.ndarray, **arguments: Any
+) -> ResumableBatchSampler | None:
+    """The batch sampler of the one component that replaces it, or None; two is a ConfigError."""
+    owned = [
+        (component.name, sampler)
+        for component in components
+        if (sampler := component.batch_sampler(indices, **arguments)) is not None
+    ]
+    if len(owned) > 1:
+        raise ConfigError(
+            f"components {[name for name, _ in owned]} each replace the batch sampler; "
+            "at most one may"
+        )
+    return owned[0][1] if owned else None

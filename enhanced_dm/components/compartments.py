@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
 from enhanced_dm.annotations import read_gene_compartments
 from enhanced_dm.components.pathways import (
     EMPTY,
+    GENE_SYMBOL_KEY,
     GeneSetComponent,
     GeneSetSelection,
     GeneSetTransform,
@@ -19,17 +20,26 @@ from enhanced_dm.components.pathways import (
     resolve_annotation_path,
 )
 from enhanced_dm.errors import ConfigError
+from enhanced_dm.options import Option, at_least, greater_than
 from enhanced_dm.transforms import functional_context as F
 from enhanced_dm.transforms.base import Batch, Transform
 from enhanced_dm.transforms.z_score import ZScore
 
 if TYPE_CHECKING:
     from enhanced_dm.data.store import CellStore
+    from enhanced_dm.transforms.context import StepContext
 
-__all__ = ["CompartmentComponent", "GeneSetCLR", "GeneSetFraction"]
+__all__ = [
+    "DEFAULT_COMPARTMENT_ANNOTATION_FILE",
+    "CompartmentComponent",
+    "GeneSetCLR",
+    "GeneSetFraction",
+]
 
 Denominator = Literal["data_genes", "total_counts"]
-DENOMINATORS: tuple[str, ...] = ("data_genes", "total_counts")
+DENOMINATORS: tuple[str, ...] = get_args(Denominator)
+DEFAULT_COMPARTMENT_ANNOTATION_FILE = "go_cc_compartments_human.gmt"
+"""Bundled: 18 GO CC compartments, non-IEA evidence (resources/MANIFEST.md)."""
 
 
 class GeneSetFraction(GeneSetTransform):
@@ -57,7 +67,9 @@ class GeneSetFraction(GeneSetTransform):
             )
         self.denominator = denominator
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         if self.denominator == "total_counts":
             total_n = batch["total_counts_n"]
         else:
@@ -87,7 +99,9 @@ class GeneSetCLR(GeneSetTransform):
             raise ConfigError(f"pseudocount must be positive, got {pseudocount!r}")
         self.pseudocount = float(pseudocount)
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         return {self.output_key: F.centred_log_ratio(self.set_sums(batch), self.pseudocount)}
 
 
@@ -112,44 +126,44 @@ class CompartmentComponent(GeneSetComponent):
     name = "compartment"
     singular = "compartment"
     plural = "compartments"
-    option_names = (
-        "compartment_annotation_file",
-        "num_compartments",
-        "gene_symbol_key",
-        "fraction_denominator",
-        "pseudocount",
-        "non_iea_only",
+    options = (
+        Option(
+            "compartment_annotation_file",
+            DEFAULT_COMPARTMENT_ANNOTATION_FILE,
+            str | os.PathLike | None,
+            "gene -> compartment table or GMT: a path, or the name of a bundled file (None: the "
+            "default).",
+        ),
+        Option("num_compartments", 5, int, "The largest compartments kept.", *at_least(1)),
+        GENE_SYMBOL_KEY,
+        Option(
+            "compartment_fraction_denominator",
+            "data_genes",
+            Denominator,
+            "data_genes: share of the counts over the data's genes | total_counts: of the "
+            "library size.",
+        ),
+        Option(
+            "compartment_pseudocount",
+            1.0,
+            float,
+            "Added to each compartment's counts before the log-ratio.",
+            *greater_than(0),
+        ),
+        Option(
+            "compartment_non_iea_only",
+            False,
+            bool,
+            "Keep only a table's non-IEA rows.",
+        ),
     )
 
-    def __init__(
-        self,
-        compartment_annotation_file: str | os.PathLike[str],
-        num_compartments: int = 5,
-        gene_symbol_key: str | None = None,
-        fraction_denominator: Denominator = "data_genes",
-        pseudocount: float = 1.0,
-        non_iea_only: bool = False,
-    ) -> None:
-        super().__init__()
-        if num_compartments < 1:
-            raise ConfigError(f"num_compartments must be at least 1, got {num_compartments}")
-        if fraction_denominator not in DENOMINATORS:
-            raise ConfigError(
-                f"fraction_denominator must be one of {list(DENOMINATORS)}, got "
-                f"{fraction_denominator!r}"
-            )
-        if not pseudocount > 0:
-            raise ConfigError(f"pseudocount must be positive, got {pseudocount!r}")
-        self.compartment_annotation_file = compartment_annotation_file
-        self.num_compartments = num_compartments
-        self.gene_symbol_key = gene_symbol_key
-        self.fraction_denominator = fraction_denominator
-        self.pseudocount = pseudocount
-        self.non_iea_only = non_iea_only
+    annotation_option = "compartment_annotation_file"
+    default_annotation_file = DEFAULT_COMPARTMENT_ANNOTATION_FILE
 
     def select(self, store: CellStore) -> GeneSetSelection:
         path = resolve_annotation_path(self.compartment_annotation_file)
-        table = read_gene_compartments(path, non_iea_only=self.non_iea_only)
+        table = read_gene_compartments(path, non_iea_only=self.compartment_non_iea_only)
         compartments: dict[str, list[str]] = {}
         for gene, compartment in zip(table["gene"], table["compartment"], strict=True):
             compartments.setdefault(compartment, []).append(gene)
@@ -173,13 +187,15 @@ class CompartmentComponent(GeneSetComponent):
 
     def build_transforms(self, selection: GeneSetSelection) -> list[tuple[str, Transform]]:
         return [
-            ("compartment_fraction", GeneSetFraction(selection, self.fraction_denominator)),
-            ("compartment_clr", GeneSetCLR(selection, self.pseudocount)),
+            (
+                "compartment_fraction",
+                GeneSetFraction(selection, self.compartment_fraction_denominator),
+            ),
+            ("compartment_clr", GeneSetCLR(selection, self.compartment_pseudocount)),
             ("compartment_zscore", ZScore(selection.n_sets, key="compartment_x_nk")),
         ]
 
     def output_steps(self) -> dict[str, str]:
-        """Label -> pipeline step whose output the monitors summarize (for the stats report)."""
         return {
             "fractions": "compartment_fraction",
             "clr_before_standardization": "compartment_clr",

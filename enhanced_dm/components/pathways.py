@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -20,18 +20,22 @@ import scipy.sparse as sp
 import torch
 
 from enhanced_dm.annotations import GeneMatcher, MembershipResult, read_gmt
-from enhanced_dm.components.base import Component
+from enhanced_dm.components.base import Component, Slot
 from enhanced_dm.datasets import bundled_path
 from enhanced_dm.errors import ConfigError
 from enhanced_dm.fitting.cache import fingerprint
+from enhanced_dm.options import Option, at_least, in_interval
 from enhanced_dm.transforms import functional_context as F
 from enhanced_dm.transforms.base import Batch, Transform
 from enhanced_dm.transforms.z_score import ZScore
 
 if TYPE_CHECKING:
     from enhanced_dm.data.store import CellStore
+    from enhanced_dm.transforms.context import StepContext
 
 __all__ = [
+    "DEFAULT_PATHWAY_ANNOTATION_FILE",
+    "GENE_SYMBOL_KEY",
     "GeneSetAUCell",
     "GeneSetComponent",
     "GeneSetMean",
@@ -43,7 +47,9 @@ __all__ = [
 ]
 
 PathwayScore = Literal["mean_z", "mean", "aucell"]
-PATHWAY_SCORES: tuple[str, ...] = ("mean_z", "mean", "aucell")
+PATHWAY_SCORES: tuple[str, ...] = get_args(PathwayScore)
+DEFAULT_PATHWAY_ANNOTATION_FILE = "go_bp_pbmc68k_subset.gmt"
+"""Bundled: the 278 GO BP sets with at least 15 genes among pbmc68k's 765 (resources/MANIFEST.md)."""
 KEPT = "kept"
 EMPTY = "empty_after_matching"
 
@@ -337,7 +343,9 @@ class GeneSetMean(GeneSetTransform):
     ) -> None:
         super().__init__(selection, key, output_key)
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         return {
             self.output_key: F.gene_set_means(
                 batch[self.key], self.set_index_e, self.gene_index_e, self.set_size_p
@@ -372,7 +380,9 @@ class GeneSetAUCell(GeneSetTransform):
         self.n_up = n_up
         self.register_buffer("max_auc_p", F.aucell_max_auc(self.set_size_p, n_up))
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         return {
             self.output_key: F.aucell(
                 batch[self.key], self.set_index_e, self.gene_index_e, self.max_auc_p, self.n_up
@@ -385,27 +395,29 @@ class GeneSetComponent(Component):
 
     ``setup(store)`` calls :meth:`select` (read the file, match, filter) unless a checkpoint's
     selection was loaded first, in which case that selection is used as is (the annotation file is
-    not even read, so a resume works where the file has moved). Subclasses implement
-    :meth:`select`, :meth:`build_transforms` and :meth:`options`.
+    not even read, so a resume works where the file has moved). Subclasses declare ``options``
+    and implement :meth:`select` and :meth:`build_transforms`; their steps run in the
+    ``after_gene_wise`` slot.
     """
 
     singular: ClassVar[str] = "set"
     plural: ClassVar[str] = "sets"
+    annotation_option: ClassVar[str] = ""
+    """The option naming the annotation file; None there means ``default_annotation_file``."""
+    default_annotation_file: ClassVar[str] = ""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        if getattr(self, self.annotation_option, None) is None:
+            setattr(self, self.annotation_option, self.default_annotation_file)
         self.selection: GeneSetSelection | None = None
         self._transforms: list[tuple[str, Transform]] | None = None
-        self._restored_options: dict[str, Any] | None = None
 
-    option_names: ClassVar[tuple[str, ...]] = ()
-    """Constructor options that :meth:`options` reports (cache key, saved state, warnings)."""
-
-    def options(self) -> dict[str, Any]:
-        """The constructor options named by ``option_names``, paths as strings."""
-        values = {name: getattr(self, name) for name in self.option_names}
+    def saved_options(self) -> dict[str, Any]:
+        """The option values, paths as strings (cache key, saved state, warnings)."""
         return {
             name: os.fspath(value) if isinstance(value, os.PathLike) else value
-            for name, value in values.items()
+            for name, value in self.option_values().items()
         }
 
     def select(self, store: CellStore) -> GeneSetSelection:  # pragma: no cover - abstract
@@ -415,10 +427,6 @@ class GeneSetComponent(Component):
         self, selection: GeneSetSelection
     ) -> list[tuple[str, Transform]]:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def output_steps(self) -> dict[str, str]:
-        """Label -> pipeline step whose output the monitors summarize (for the stats report)."""
-        return {}
 
     def setup(self, store: CellStore) -> None:
         if self.selection is None:
@@ -437,22 +445,22 @@ class GeneSetComponent(Component):
             )
         return self.selection
 
-    def transforms(self) -> list[tuple[str, Transform]]:
+    def transforms(self) -> list[tuple[str, Transform, Slot]]:
         if self._transforms is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before transforms()")
-        return self._transforms
+        return [(name, transform, "after_gene_wise") for name, transform in self._transforms]
 
     def config(self) -> dict[str, Any]:
         selection = None if self.selection is None else self.selection.fingerprint()
-        return {**self.options(), "selection": selection}
+        return {**self.saved_options(), "selection": selection}
 
-    def stats(self) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         return self.require_selection().stats(self.singular, self.plural)
 
     def state_dict(self) -> dict[str, Any]:
         if self.selection is None:
             return {}
-        return {"options": self.options(), "selection": self.selection.state_dict()}
+        return {"options": self.saved_options(), "selection": self.selection.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Use the checkpoint's selection (before setup) or check it equals ours (after setup)."""
@@ -471,7 +479,7 @@ class GeneSetComponent(Component):
         saved_options = {
             k: v for k, v in state.get("options", {}).items() if not k.endswith("file")
         }
-        current = {k: v for k, v in self.options().items() if not k.endswith("file")}
+        current = {k: v for k, v in self.saved_options().items() if not k.endswith("file")}
         if saved_options != current:
             warnings.warn(
                 f"{type(self).__name__}: the checkpoint was made with {saved_options}, not "
@@ -479,6 +487,15 @@ class GeneSetComponent(Component):
                 stacklevel=2,
             )
         self.selection = restored
+
+
+GENE_SYMBOL_KEY = Option(
+    "gene_symbol_key",
+    None,
+    str | None,
+    "A var column holding gene symbols, when var_names are e.g. Ensembl ids.",
+)
+"""Shared by every component that matches annotation symbols to the data's genes."""
 
 
 class PathwayComponent(GeneSetComponent):
@@ -503,47 +520,37 @@ class PathwayComponent(GeneSetComponent):
     name = "pathway"
     singular = "pathway"
     plural = "pathways"
-    option_names = (
-        "pathway_annotation_file",
-        "num_pathways",
-        "min_pathway_size",
-        "max_pathway_size",
-        "pathway_score",
-        "gene_symbol_key",
-        "aucell_top_fraction",
+    options = (
+        Option(
+            "pathway_annotation_file",
+            DEFAULT_PATHWAY_ANNOTATION_FILE,
+            str | os.PathLike | None,
+            "GMT of gene sets: a path, or the name of a bundled file (None: the default).",
+        ),
+        Option("num_pathways", 1000, int, "At most this many sets are kept.", *at_least(1)),
+        Option("min_pathway_size", 15, int, "Fewest data genes a kept set has.", *at_least(1)),
+        Option("max_pathway_size", 500, int, "Most data genes a kept set has.", *at_least(1)),
+        Option("pathway_score", "mean_z", PathwayScore, "mean_z | mean | aucell."),
+        GENE_SYMBOL_KEY,
+        Option(
+            "aucell_top_fraction",
+            0.05,
+            float,
+            "AUCell: share of each cell's genes ranked.",
+            *in_interval(0, 1, closed_low=False),
+        ),
     )
 
-    def __init__(
-        self,
-        pathway_annotation_file: str | os.PathLike[str],
-        num_pathways: int = 1000,
-        min_pathway_size: int = 15,
-        max_pathway_size: int = 500,
-        pathway_score: PathwayScore = "mean_z",
-        gene_symbol_key: str | None = None,
-        aucell_top_fraction: float = 0.05,
-    ) -> None:
-        super().__init__()
-        if not 0 < aucell_top_fraction <= 1:
-            raise ConfigError(f"aucell_top_fraction must be in (0, 1], got {aucell_top_fraction!r}")
-        if pathway_score not in PATHWAY_SCORES:
+    annotation_option = "pathway_annotation_file"
+    default_annotation_file = DEFAULT_PATHWAY_ANNOTATION_FILE
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        if self.min_pathway_size > self.max_pathway_size:
             raise ConfigError(
-                f"pathway_score must be one of {list(PATHWAY_SCORES)}, got {pathway_score!r}"
+                "need min_pathway_size <= max_pathway_size, got "
+                f"{self.min_pathway_size} and {self.max_pathway_size}"
             )
-        if num_pathways < 1:
-            raise ConfigError(f"num_pathways must be at least 1, got {num_pathways}")
-        if not 1 <= min_pathway_size <= max_pathway_size:
-            raise ConfigError(
-                "need 1 <= min_pathway_size <= max_pathway_size, got "
-                f"{min_pathway_size} and {max_pathway_size}"
-            )
-        self.pathway_annotation_file = pathway_annotation_file
-        self.num_pathways = num_pathways
-        self.min_pathway_size = min_pathway_size
-        self.max_pathway_size = max_pathway_size
-        self.pathway_score = pathway_score
-        self.gene_symbol_key = gene_symbol_key
-        self.aucell_top_fraction = aucell_top_fraction
 
     def select(self, store: CellStore) -> GeneSetSelection:
         path = resolve_annotation_path(self.pathway_annotation_file)
@@ -586,7 +593,6 @@ class PathwayComponent(GeneSetComponent):
         return steps
 
     def output_steps(self) -> dict[str, str]:
-        """Label -> pipeline step whose output the monitors summarize (for the stats report)."""
         if self.pathway_score != "mean_z":
             return {"scores": "pathway_scores"}
         return {"scores": "pathway_zscore", "scores_before_standardization": "pathway_scores"}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from enhanced_dm.data.sampler import BatchRequest, ResumableBatchSampler, StampedSampler
+from enhanced_dm.data.sequences import SequenceRows, read_sequences
 from enhanced_dm.data.store import CellStore
 
 __all__ = ["CellBatchDataset", "CellDataLoader", "CellDataset", "collate_cells", "make_dataloader"]
@@ -16,7 +19,11 @@ __all__ = ["CellBatchDataset", "CellDataLoader", "CellDataset", "collate_cells",
 class CellBatchDataset(Dataset):
     """``dataset[rows]`` reads the rows as one CSR batch (scvi-tools' batch-sampler pattern);
     ``dataset[(rows_a, rows_b, ...)]`` (a tuple of batches) reads them together and returns the
-    list of batches (:meth:`CellStore.read_batches`).
+    list of batches (:meth:`CellStore.read_batches`); ``dataset[rows_ns]`` (a 2-D array, -1 for
+    padding) reads a batch of sequences (:func:`~enhanced_dm.data.sequences.read_sequences`).
+    A :class:`~enhanced_dm.data.sampler.BatchRequest` is read the same way, and its epoch and
+    batch index are stamped into each batch as the plain ints ``"epoch"`` and ``"batch_index"``
+    (the DataModule turns them into the step context; the model never sees them).
 
     One ``__getitem__`` per batch or pool keeps Python overhead per cell near zero and lets the
     store read contiguous spans.
@@ -28,12 +35,20 @@ class CellBatchDataset(Dataset):
     def __len__(self) -> int:
         return self.store.n_obs
 
-    def __getitem__(
-        self, rows: Sequence[int] | tuple[np.ndarray, ...]
-    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+    def __getitem__(self, item: Any) -> dict[str, Any] | list[dict[str, Any]]:
+        request = item if isinstance(item, BatchRequest) else None
+        rows = request.rows if request is not None else item
         if isinstance(rows, tuple):
-            return self.store.read_batches(rows)
-        return self.store.read(rows)
+            batches: list[dict[str, Any]] = list(self.store.read_batches(rows))
+        elif isinstance(rows, np.ndarray) and rows.ndim == 2:
+            batches = [read_sequences(self.store, rows)]
+        else:
+            batches = [self.store.read(rows)]
+        if request is not None:
+            for offset, batch in enumerate(batches):
+                batch["epoch"] = request.epoch
+                batch["batch_index"] = request.batch_index + offset
+        return batches if isinstance(rows, tuple) else batches[0]
 
 
 class CellDataLoader(DataLoader):
@@ -62,19 +77,20 @@ class CellDataLoader(DataLoader):
 
 def make_dataloader(
     store: CellStore,
-    sampler: Sampler,
+    sampler: ResumableBatchSampler,
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool = True,
 ) -> DataLoader:
     """DataLoader over whole-batch items: ``batch_size=None`` so no per-cell collation happens.
+    Items are stamped with their epoch and batch index (:class:`StampedSampler`).
 
     Workers persist across epochs unless ``persistent_workers=False`` (a one-off pass such as
     fitting: its workers then exit when the pass ends instead of whenever the loader is
     garbage-collected, possibly while the next loader forks its own)."""
     return CellDataLoader(
         CellBatchDataset(store),
-        sampler=sampler,
+        sampler=StampedSampler(sampler),
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
@@ -84,7 +100,12 @@ def make_dataloader(
 
 class CellDataset(Dataset):
     """Per-cell items (a one-row CSR batch each) for plain ``DataLoader(..., collate_fn=loader)``
-    use with the seed-compatible loaders; slower than :class:`CellBatchDataset` by design."""
+    use with the seed-compatible loaders; slower than :class:`CellBatchDataset` by design.
+
+    Indexed by an array (one sequence of a sequence batch sampler: positions, -1 for padding),
+    the item is that sequence's rows (:class:`~enhanced_dm.data.sequences.SequenceRows`), which
+    the loader reads as a batch of sequences.
+    """
 
     def __init__(self, store: CellStore, indices: Sequence[int] | None = None) -> None:
         self.store = store
@@ -93,7 +114,10 @@ class CellDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, position: int | np.ndarray) -> dict[str, torch.Tensor] | SequenceRows:
+        if isinstance(position, np.ndarray):
+            rows = np.asarray(self.indices, dtype=np.int64)[np.maximum(position, 0)]
+            return SequenceRows(np.where(position >= 0, rows, -1))
         return self.store.read([self.indices[position]])
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from torch.utils.data import DistributedSampler
 
 from enhanced_dm.errors import ConfigError
 
-__all__ = ["BlockShuffleSampler"]
+__all__ = ["BatchRequest", "BlockShuffleSampler", "ResumableBatchSampler", "StampedSampler"]
 
 # What a resumed sampler must share with the one that wrote the state, and how to name it.
 _IDENTITY_NAMES = {
@@ -207,3 +208,64 @@ class BlockShuffleSampler(DistributedSampler):
         self.epoch = int(state["epoch"])
         self.start_batch = start_batch
         self._position = start_batch
+
+
+@runtime_checkable
+class ResumableBatchSampler(Protocol):
+    """What a DataModule needs of a batch sampler (:class:`BlockShuffleSampler`, or a
+    component's own, e.g. one that yields sequences).
+
+    Iterating yields items: a list of rows (one batch), a tuple of row arrays (batches read
+    together) or an ``(n, s)`` int64 array of rows with -1 padding (a batch of sequences,
+    :mod:`enhanced_dm.data.sequences`). ``len()`` counts batches; ``epoch`` is the epoch the next
+    iteration draws, ``start_batch`` the batches of it that iteration skips (a resume).
+    Subclass :class:`torch.utils.data.DistributedSampler` (without calling its constructor) so
+    Lightning does not wrap the sampler in another one under DDP.
+    """
+
+    epoch: int
+    start_batch: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """An item of a sampler, with the epoch and the index (within the epoch, on this rank) of its
+    first batch: the dataset stamps both into the batches it reads, so each batch's
+    :class:`~enhanced_dm.transforms.context.StepContext` is the same with any number of workers
+    and after a resume."""
+
+    rows: Any
+    epoch: int
+    batch_index: int
+
+
+class StampedSampler(DistributedSampler):
+    """Wraps a :class:`ResumableBatchSampler` and yields its items as :class:`BatchRequest`.
+
+    ``set_epoch`` (called by Lightning) and ``len()`` go to the wrapped sampler.
+    """
+
+    def __init__(self, sampler: ResumableBatchSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[BatchRequest]:  # type: ignore[override]
+        epoch, index = self.sampler.epoch, self.sampler.start_batch
+        for item in self.sampler:
+            yield BatchRequest(item, epoch, index)
+            index += len(item) if isinstance(item, tuple) else 1

@@ -50,36 +50,18 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from enhanced_dm.seeding import shift_right, signed, splitmix64
+
 __all__ = ["CellSubsampleMetric", "cell_priority", "dkw_epsilon", "sort_columns"]
 
 _DEAD = torch.iinfo(torch.int64).max
-_MASK64 = (1 << 64) - 1
 _GENE_CHUNK_ELEMENTS = 1 << 23
-
-
-def _signed(value: int) -> int:
-    """The int64 whose two's-complement bits are ``value`` (taken modulo 2**64)."""
-    value &= _MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical (unsigned) right shift of int64 bits."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def _splitmix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 finalizer on int64 tensors (wrapping arithmetic), bit-identical to uint64."""
-    x = x + _signed(0x9E3779B97F4A7C15)
-    x = (x ^ _shift_right(x, 30)) * _signed(0xBF58476D1CE4E5B9)
-    x = (x ^ _shift_right(x, 27)) * _signed(0x94D049BB133111EB)
-    return x ^ _shift_right(x, 31)
 
 
 def cell_priority(cell_index_n: torch.Tensor, seed: int) -> torch.Tensor:
     """Pseudo-random priority in ``[0, 2**62)`` of each cell, a function of (seed, cell index) only."""
-    seed_mix = int(_splitmix64(torch.tensor([_signed(seed)], dtype=torch.int64))[0])
-    return _shift_right(_splitmix64(cell_index_n.to(torch.int64) ^ seed_mix), 2)
+    seed_mix = int(splitmix64(torch.tensor([signed(seed)], dtype=torch.int64))[0])
+    return shift_right(splitmix64(cell_index_n.to(torch.int64) ^ seed_mix), 2)
 
 
 def sort_columns(values_nc: torch.Tensor) -> torch.Tensor:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from enhanced_dm.csr import flat_positions_shared
+
+if TYPE_CHECKING:
+    from enhanced_dm.transforms.context import StepContext
 
 __all__ = ["FittableTransform", "Pipeline", "Transform"]
 
@@ -18,8 +21,10 @@ Batch = dict[str, torch.Tensor]
 class Transform(nn.Module):
     """A step of the pipeline: reads keys of the batch and returns only the keys it writes.
 
-    Subclasses implement ``forward(batch) -> dict``. ``output_key`` names the tensor that monitors
-    watch; ``clip_value`` (when not None) lets monitors count clipped values; ``monitored=False``
+    Subclasses implement ``forward(batch, context=None) -> dict``; ``context`` is the
+    :class:`~enhanced_dm.transforms.context.StepContext` (stage, seed, epoch, rank, batch index),
+    which steps without randomness or stage-dependent behaviour ignore. ``output_key`` names the
+    tensor that monitors watch (and, with ``output_keys``, the batch keys the step writes); ``clip_value`` (when not None) lets monitors count clipped values; ``monitored=False``
     marks steps that change only the layout, whose statistics would repeat the previous step's;
     ``accepts_sparse=True`` lets a sparse CSR ``x_ng`` reach the step (and its fitting metric);
     ``reads_counts=False`` declares that neither the step nor its fitting metric reads the dense
@@ -32,9 +37,17 @@ class Transform(nn.Module):
     monitored: bool = True
     accepts_sparse: bool = False
     reads_counts: bool = True
+    reads_log_expression: bool = False
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:  # pragma: no cover - abstract
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        """Batch keys this step writes (conflict checks between components)."""
+        return (self.output_key,)
 
     def config(self) -> dict[str, Any]:
         """Options that change the fitted statistics; part of the statistics cache key."""
@@ -104,6 +117,7 @@ class Pipeline(nn.ModuleList):
     def forward(
         self,
         batch: Mapping[str, torch.Tensor],
+        context: StepContext | None = None,
         on_output: Callable[[str, Transform, Batch], None] | None = None,
         stop_before: int | None = None,
     ) -> Batch:
@@ -113,7 +127,7 @@ class Pipeline(nn.ModuleList):
             for index, (name, transform) in enumerate(self.named_transforms()):
                 if stop_before is not None and index >= stop_before:
                     break
-                out = transform(result)
+                out = transform(result, context)
                 result.update(out)
                 if on_output is not None:
                     on_output(name, transform, out)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms.base import Batch
 from enhanced_dm.transforms.grouped import GroupedTransform
+
+if TYPE_CHECKING:
+    from enhanced_dm.transforms.context import StepContext
 
 __all__ = ["CenterScaleTransform"]
 
@@ -65,7 +68,9 @@ class CenterScaleTransform(GroupedTransform):
         self.fitted = True
         self._warned_fallback = False
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         x_ng = batch[self.key]  # sparse CSR stays sparse: standardize writes the dense result once
         if self.group_key is None or self.n_groups == 0:
             center, scale = self.center_g, self.scale_g

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms.base import Batch, Transform
 
-__all__ = ["Densify", "DensifyExpression", "counts_left_sparse"]
+if TYPE_CHECKING:
+    from enhanced_dm.transforms.context import StepContext
+
+__all__ = ["Densify", "DensifyExpression", "KeepLogExpression"]
 
 
 class Densify(Transform):
@@ -19,8 +22,7 @@ class Densify(Transform):
     Counts keep their integer dtype, so mixed precision never casts them. ``x_ng`` stays sparse
     CSR while the per-cell steps (total count, log1p) work on stored values only;
     :class:`DensifyExpression` makes it dense before the gene-wise steps. With
-    ``dense_counts=False`` (or inside :func:`counts_left_sparse`) ``counts_ng`` passes unchanged,
-    as the CSR it arrived as: for models that read only ``x_ng``, one dense write less per batch.
+    ``dense_counts=False`` ``counts_ng`` passes unchanged, as the CSR it arrived as: for models that read only ``x_ng``, one dense write less per batch.
     """
 
     reads_counts = False
@@ -29,7 +31,9 @@ class Densify(Transform):
         super().__init__()
         self.dense_counts = dense_counts
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         counts = batch["counts_ng"]
         if counts.layout == torch.sparse_csr:
             x_ng = F.map_stored_values(counts, counts.values().to(torch.float32))
@@ -47,29 +51,31 @@ class DensifyExpression(Transform):
     monitored = False  # same values as the step before, in another layout
     reads_counts = False
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         return {"x_ng": F.densify(batch["x_ng"])}
 
     def __repr__(self) -> str:
         return "DensifyExpression()"
 
 
-@contextmanager
-def counts_left_sparse(steps: Iterable[Transform]) -> Iterator[None]:
-    """Within the block, :class:`Densify` steps leave ``counts_ng`` sparse, unless one of
-    ``steps`` reads the dense counts (``reads_counts``).
+class KeepLogExpression(Transform):
+    """Keep the log-normalized ``x_ng`` as ``x_log_ng`` before the gene-wise step replaces it.
 
-    For fitting passes: the z-score statistics, say, need only ``x_ng``, and densifying the
-    counts of every batch would be a third of the pass for nothing.
+    Added by the pipeline builder only when a later step declares ``reads_log_expression``.
+    A dense ``x_ng`` is shared, not copied (transforms never mutate their inputs); a sparse one is
+    densified, which is the one extra dense write this costs.
     """
-    steps = list(steps)
-    leave_sparse = not any(step.reads_counts for step in steps)
-    densifiers = [step for step in steps if isinstance(step, Densify)]
-    chosen = [step.dense_counts for step in densifiers]
-    for step, dense in zip(densifiers, chosen, strict=True):
-        step.dense_counts = dense and not leave_sparse
-    try:
-        yield
-    finally:
-        for step, dense in zip(densifiers, chosen, strict=True):
-            step.dense_counts = dense
+
+    monitored = False
+    reads_counts = False
+    output_key = "x_log_ng"
+
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
+        return {"x_log_ng": F.densify(batch["x_ng"])}
+
+    def __repr__(self) -> str:
+        return "KeepLogExpression()"

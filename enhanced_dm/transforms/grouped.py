@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from enhanced_dm.transforms.base import FittableTransform
 
-__all__ = ["GroupedTransform"]
+__all__ = ["GroupedTransform", "warn_groups_without_train_cells"]
 
 
 class GroupedTransform(FittableTransform):
@@ -44,3 +45,13 @@ class GroupedTransform(FittableTransform):
             )
             self._warned_fallback = True
         return missing
+
+
+def warn_groups_without_train_cells(
+    transforms: Iterable[Any], categories: Mapping[str, Sequence[str]]
+) -> None:
+    """Let every grouped transform warn (once) about groups that had no train cells."""
+    for transform in transforms:
+        if isinstance(transform, GroupedTransform) and transform.group_key is not None:
+            names = categories.get(transform.group_key.removesuffix("_n"))
+            transform.warn_unfitted_groups(None if names is None else list(names))

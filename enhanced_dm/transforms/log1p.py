@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms.base import Batch, Transform
+
+if TYPE_CHECKING:
+    from enhanced_dm.transforms.context import StepContext
 
 __all__ = ["Log1p"]
 
@@ -22,7 +26,9 @@ class Log1p(Transform):
         self.key = key
         self.output_key = key
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         return {self.key: F.log1p(batch[self.key])}
 
     def __repr__(self) -> str:

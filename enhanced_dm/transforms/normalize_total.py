@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -11,6 +11,9 @@ from enhanced_dm.errors import ConfigError
 from enhanced_dm.fitting.totals import MedianTotalMetric
 from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms.base import Batch, FittableTransform
+
+if TYPE_CHECKING:
+    from enhanced_dm.transforms.context import StepContext
 
 __all__ = ["NormalizeTotal"]
 
@@ -59,7 +62,9 @@ class NormalizeTotal(FittableTransform):
         self.target_sum.copy_(state["target_sum"].to(torch.float32))
         self.fitted = True
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         return {
             self.key: F.normalize_total(batch[self.key], batch[self.total_key], self.target_sum)
         }

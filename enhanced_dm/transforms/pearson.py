@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms import functional_rank as R
 from enhanced_dm.transforms.base import Batch
 from enhanced_dm.transforms.grouped import GroupedTransform
+
+if TYPE_CHECKING:
+    from enhanced_dm.transforms.context import StepContext
 
 __all__ = ["PearsonResiduals"]
 
@@ -101,7 +104,9 @@ class PearsonResiduals(GroupedTransform):
             return math.sqrt(float(self.n_cells))
         return None
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         if not self.fitted:
             raise FittingError(f"{self!r} is used before its gene totals were fitted")
         counts_ng = batch[self.counts_key]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,6 +13,9 @@ from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms import functional_rank as R
 from enhanced_dm.transforms.base import Batch
 from enhanced_dm.transforms.grouped import GroupedTransform
+
+if TYPE_CHECKING:
+    from enhanced_dm.transforms.context import StepContext
 
 __all__ = ["QuantileNormalize"]
 
@@ -118,7 +121,9 @@ class QuantileNormalize(GroupedTransform):
         """Buffers saved by ``fitted_state()``; their number of levels is that of the fit."""
         self.load_fitted(state)
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
         if not self.fitted:
             raise FittingError(f"{self!r} is used before its quantiles were fitted")
         x_ng = F.densify(batch[self.key])

@@ -47,7 +47,7 @@ def test_largest_compartments_kept_ties_by_file_order(small_table, pbmc_store) -
     component.setup(pbmc_store)
     selection = component.require_selection()
     assert selection.names == ["A", "C"]
-    stats = component.stats()
+    stats = component.report()
     assert stats["compartments_read"] == 4
     assert stats["compartments_dropped"] == {
         "not_in_top_num_compartments": 1,
@@ -67,7 +67,9 @@ def test_largest_compartments_kept_ties_by_file_order(small_table, pbmc_store) -
 
 def test_compartments_table_non_iea_equals_the_gmt(pbmc_store) -> None:
     table = CompartmentComponent(
-        shared_data("genesets/go_cc_compartments_human.tsv"), num_compartments=5, non_iea_only=True
+        shared_data("genesets/go_cc_compartments_human.tsv"),
+        num_compartments=5,
+        compartment_non_iea_only=True,
     )
     gmt = CompartmentComponent("go_cc_compartments_human.gmt", num_compartments=5)
     table.setup(pbmc_store)
@@ -135,9 +137,9 @@ def test_kernels_keep_inputs_and_return_float32() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"num_compartments": 0}, "num_compartments must be at least 1"),
-        ({"fraction_denominator": "cells"}, "fraction_denominator must be one of"),
-        ({"pseudocount": 0.0}, "pseudocount must be positive"),
+        ({"num_compartments": 0}, "num_compartments=0 is invalid; expected >= 1"),
+        ({"compartment_fraction_denominator": "cells"}, "denominator='cells' has the wrong type"),
+        ({"compartment_pseudocount": 0.0}, "pseudocount=0.0 is invalid; expected > 0"),
     ],
 )
 def test_invalid_options_are_refused(options, message) -> None:

@@ -68,7 +68,7 @@ def test_selection_rules_and_exact_coverage_statistics(tricky_gmt, pbmc_store) -
     component.setup(pbmc_store)
     # Best coverage first (1.0), ties by file order: SET_TIE beats SET_TIE_LATER; columns in file order.
     assert component.require_selection().names == ["SET_FULL", "SET_TIE"]
-    stats = component.stats()
+    stats = component.report()
     assert stats["pathways_read"] == 8
     assert stats["pathways_kept"] == 2
     assert stats["pathways_dropped"] == {
@@ -120,7 +120,7 @@ def test_num_pathways_is_an_upper_bound(tricky_gmt, pbmc_store) -> None:
         "SET_TIE_LATER",
         "SET_LOWCOV",
     ]
-    assert component.stats()["data_genes_covered_fraction"] == 60 / 765
+    assert component.report()["data_genes_covered_fraction"] == 60 / 765
 
 
 def test_no_pathway_left_is_an_error_naming_the_reasons(tricky_gmt, pbmc_store) -> None:
@@ -132,11 +132,13 @@ def test_no_pathway_left_is_an_error_naming_the_reasons(tricky_gmt, pbmc_store) 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"pathway_score": "gsva"}, "pathway_score must be one of"),
-        ({"num_pathways": 0}, "num_pathways must be at least 1"),
-        ({"min_pathway_size": 0}, "need 1 <= min_pathway_size"),
-        ({"min_pathway_size": 20, "max_pathway_size": 10}, "need 1 <= min_pathway_size"),
-        ({"aucell_top_fraction": 0.0}, "aucell_top_fraction must be in"),
+        ({"pathway_score": "gsva"}, r"pathway_score='gsva' .*expected one of \['mean_z'"),
+        ({"num_pathways": 0}, "num_pathways=0 is invalid; expected >= 1"),
+        ({"num_pathways": 2.5}, "num_pathways=2.5 has the wrong type; expected int"),
+        ({"min_pathway_size": 0}, "min_pathway_size=0 is invalid; expected >= 1"),
+        ({"min_pathway_size": 20, "max_pathway_size": 10}, "need min_pathway_size <= max"),
+        ({"aucell_top_fraction": 0.0}, r"aucell_top_fraction=0.0 .*expected in \(0, 1\]"),
+        ({"pathway_scores": "mean"}, r"unknown option\(s\) \['pathway_scores'\]"),
     ],
 )
 def test_invalid_options_are_refused(options, message) -> None:
@@ -205,7 +207,7 @@ def test_selection_state_round_trips_through_a_weights_only_load(pbmc_store) -> 
     restored.load_state_dict(state)
     restored.setup(pbmc_store)
     assert restored.require_selection().fingerprint() == component.require_selection().fingerprint()
-    assert restored.stats() == component.stats()
+    assert restored.report() == component.report()
     assert restored.config() == {**component.config(), "pathway_annotation_file": "/moved/away.gmt"}
 
 

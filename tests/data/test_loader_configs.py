@@ -79,6 +79,6 @@ def test_pools_are_read_together_and_workers_serve_every_cell_once(tmp_path) -> 
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert loader.sampler.batches_per_item == 2  # one pool of 256 rows = 2 batches per read
+    assert loader.sampler.sampler.batches_per_item == 2  # one pool of 256 rows = 2 batches per read
     served = np.concatenate([batch["cell_index_n"].numpy() for batch in loader])
     assert np.array_equal(np.sort(served), np.arange(dm.store.n_obs))

@@ -140,7 +140,7 @@ def test_second_setup_reuses_the_stats_cache(tmp_path, monkeypatch) -> None:
     def refuse_to_fit(*args, **kwargs):
         raise AssertionError("statistics were refitted instead of read from the cache")
 
-    monkeypatch.setattr("enhanced_dm.datamodules.base.fit_pipeline", refuse_to_fit)
+    monkeypatch.setattr("enhanced_dm.fitting.fit_or_load.fit_pipeline", refuse_to_fit)
     second = make_dm(stats_cache_dir=tmp_path, target_sum="median")
     second.setup("fit")
     assert second.stats_cache_path == first.stats_cache_path
@@ -157,7 +157,7 @@ def test_restored_datamodule_reproduces_the_statistics(monkeypatch) -> None:
     original.setup("fit")
     state = original.state_dict()
     monkeypatch.setattr(
-        "enhanced_dm.datamodules.base.fit_pipeline",
+        "enhanced_dm.fitting.fit_or_load.fit_pipeline",
         lambda *a, **k: pytest.fail("a restored DataModule must not refit"),
     )
     restored = make_dm(batch_key="batch", batch_aware_normalization=True, val_fraction=0.2)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from enhanced_dm import BaseEnhancedDataModule
-from enhanced_dm.datamodules import base as datamodule_base
 from enhanced_dm.errors import ConfigError, DataFileError
+from enhanced_dm.fitting import fit_or_load as datamodule_base
 from tests.datamodules.test_base import predicted_x
 from tests.helpers import shared_data
 from tests.transforms.gene_normalization_helpers import (

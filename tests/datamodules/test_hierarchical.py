@@ -166,7 +166,7 @@ def test_state_dict_restores_constants_and_batches_without_reading_the_files(mon
     state = dm.state_dict()
     assert set(state["components"]) == {"pathway", "compartment"}
     monkeypatch.setattr(
-        "enhanced_dm.datamodules.base.fit_pipeline",
+        "enhanced_dm.fitting.fit_or_load.fit_pipeline",
         lambda *a, **k: pytest.fail("a restored DataModule must not refit"),
     )
     restored = make_dm(
@@ -270,7 +270,7 @@ def test_stats_cache_key_follows_the_pathway_selection(tmp_path, monkeypatch) ->
     first = make_dm(num_pathways=10, stats_cache_dir=tmp_path)
     first.setup("fit")
     monkeypatch.setattr(
-        "enhanced_dm.datamodules.base.fit_pipeline",
+        "enhanced_dm.fitting.fit_or_load.fit_pipeline",
         lambda *a, **k: pytest.fail("refitted instead of reading the cache"),
     )
     second = make_dm(num_pathways=10, stats_cache_dir=tmp_path)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from enhanced_dm import BaseEnhancedDataModule
-from enhanced_dm.datamodules import base as base_module
+from enhanced_dm.fitting import fit_or_load as base_module
 from enhanced_dm.fitting.cache import _MAGIC, CACHE_FORMAT_VERSION, StatsCache
 from tests.helpers import shared_data
 

@@ -44,7 +44,7 @@ class LayoutProbe(FittableTransform):
     def load_fitted(self, result: Mapping[str, torch.Tensor]) -> None:
         self.fitted = True
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(self, batch: Mapping[str, torch.Tensor], context: object = None) -> Batch:
         return {}
 
 
@@ -65,5 +65,5 @@ def test_counts_stay_sparse_while_fitting_steps_that_do_not_read_them(reads_coun
     fit_pipeline(pipeline, lambda: batches, progress=False)
     expected = torch.strided if reads_counts else torch.sparse_csr
     assert probe.metric.layouts == [expected] * 4
-    assert densify.dense_counts  # restored after the pass
+    assert densify.dense_counts  # the live pipeline is never changed by a fitting pass
     assert pipeline(batches[0])["counts_ng"].layout == torch.strided

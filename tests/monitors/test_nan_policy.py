@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from enhanced_dm import BaseEnhancedDataModule
-from enhanced_dm.components.base import Component
+from enhanced_dm.components.base import Component, Slot
 from enhanced_dm.errors import ConfigError, NonFiniteOutputError
 from enhanced_dm.monitors import PipelineMonitor
 from enhanced_dm.transforms.base import Batch, Pipeline, Transform
@@ -27,7 +27,7 @@ class DivideByGeneZero(Transform):
         self.n_bad_genes = n_bad_genes
         self.key = key
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(self, batch: Mapping[str, torch.Tensor], context: object = None) -> Batch:
         x_ng = batch["x_ng"]
         divisor_g = torch.ones(x_ng.shape[1], device=x_ng.device)
         divisor_g[: self.n_bad_genes] = 0
@@ -37,7 +37,7 @@ class DivideByGeneZero(Transform):
 class Double(Transform):
     """A well-behaved step after the faulty one: it passes NaN on, but must not be blamed."""
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+    def forward(self, batch: Mapping[str, torch.Tensor], context: object = None) -> Batch:
         return {"x_ng": batch["x_ng"] * 2}
 
 
@@ -49,8 +49,11 @@ class FaultyComponent(Component):
     def __init__(self, key: str = "x_ng") -> None:
         self.key = key
 
-    def transforms(self) -> list[tuple[str, Transform]]:
-        return [("divide_by_zero", DivideByGeneZero(key=self.key)), ("double", Double())]
+    def transforms(self) -> list[tuple[str, Transform, Slot]]:
+        return [
+            ("divide_by_zero", DivideByGeneZero(key=self.key), "after_gene_wise"),
+            ("double", Double(), "after_gene_wise"),
+        ]
 
 
 def make_dm(nan_policy: str, key: str = "x_ng") -> BaseEnhancedDataModule:

@@ -1,0 +1,41 @@
+"""Resuming: the saved state's version and where the train sampler really is in the fit loop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from enhanced_dm.errors import ConfigError
+from enhanced_dm.fitting.fit_or_load import STATE_VERSION
+
+__all__ = ["check_state_version", "fit_loop_position"]
+
+
+def check_state_version(state_dict: Mapping[str, Any]) -> None:
+    """Refuse a DataModule state written by another state version."""
+    if state_dict.get("version") != STATE_VERSION:
+        raise ConfigError(
+            f"cannot restore DataModule state version {state_dict.get('version')}; "
+            f"this enhanced-dm writes version {STATE_VERSION}"
+        )
+
+
+def fit_loop_position(sampler_state: dict[str, Any], trainer: Any) -> dict[str, Any]:
+    """The sampler's state with the epoch and batches done taken from a fitting trainer.
+
+    The sampler's own count runs ahead of training when DataLoader workers prefetch, so under a
+    fitting trainer the epoch and the batches done come from the fit loop's progress (what
+    Lightning restores): a checkpoint saved after the epoch's last batch (batch end, validation
+    end or epoch end) resumes at the start of the next epoch, as Lightning does.
+    """
+    if trainer is None or trainer.state.fn != "fit":
+        return sampler_state
+    # Lightning types both trackers as their base class; they count processed items too.
+    epoch_progress: Any = trainer.fit_loop.epoch_progress.current
+    batch_progress: Any = trainer.fit_loop.epoch_loop.batch_progress.current
+    epoch, done = epoch_progress.processed, 0
+    if epoch_progress.started > epoch_progress.processed:  # inside an epoch
+        done = batch_progress.processed
+        if done >= trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+    return {**sampler_state, "epoch": epoch, "start_batch": done}
