@@ -212,3 +212,29 @@ def test_schema_types_follow_the_signature() -> None:
     with pytest.raises(Exception, match="could not be converted to Integer"):
         config.widths = [1, "y"]
     assert config._target_.endswith("target")
+
+
+@pytest.mark.parametrize("name", options("datamodule"))
+def test_datamodule_yaml_values_pass_the_option_declarations(name: str) -> None:
+    """The YAML, the Hydra schema and the constructor share one declaration: every key of a
+    conf/datamodule file is a declared option, and its value passes that option's checks."""
+    from enhanced_dm.options import validate_options
+
+    node = OmegaConf.to_container(
+        OmegaConf.load(CONF / "datamodule" / f"{name}.yaml"), resolve=False
+    )
+    assert isinstance(node, dict)
+    target = get_class(node["_target_"])
+    declared = {option.name for option in target.declared_options()}
+    values = {k: v for k, v in node.items() if k not in ("_target_", "defaults", "data")}
+    assert set(values) <= declared, f"{name}.yaml: {sorted(set(values) - declared)} undeclared"
+    validate_options(target.declared_options(), values, f"conf/datamodule/{name}.yaml")
+    schema = schema_from_signature(target)
+    fields = set(schema.__dataclass_fields__) - {
+        "_target_",
+        "_convert_",
+        "data",
+        "components",
+        "cfg",
+    }
+    assert fields == declared

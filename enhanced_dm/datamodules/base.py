@@ -175,6 +175,8 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             )
             for component in self.components:
                 component.setup(self.store)
+            if self._pending_state is not None:
+                self._load_running_state(self._pending_state)
         if self.pipeline is None:
             self.pipeline = build_pipeline(
                 self.pipeline_settings(), self.store.n_genes, self.components
@@ -425,13 +427,18 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             # Check now, so an incompatible resume fails before any training step.
             probe = self._sampler(state_dict["split"]["train"].numpy(), shuffle=True)
             probe.load_state_dict(self._pending_sampler_state)
-        running = state_dict.get("running", {})
         for component in self.components:
             component.load_state_dict(state_dict.get("components", {}).get(component.name, {}))
-            if component.has_running_state and component.name in running:
-                component.load_running_state(running[component.name])
         if self.store is not None:
             self._apply_state(state_dict)
+            self._load_running_state(state_dict)
+
+    def _load_running_state(self, state_dict: Mapping[str, Any]) -> None:
+        """Components' running state (after their ``setup``, which builds what it lives in)."""
+        running = state_dict.get("running", {})
+        for component in self.components:
+            if component.has_running_state and component.name in running:
+                component.load_running_state(running[component.name])
 
     def _apply_state(self, state_dict: dict[str, Any]) -> None:
         """Gene check, category maps, split and fitted statistics of a saved state."""
