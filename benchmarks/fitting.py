@@ -45,6 +45,7 @@ def enhanced_fitting(
 
     from enhanced_dm import BaseEnhancedDataModule
     from enhanced_dm.transforms import FittableTransform
+    from enhanced_dm.transforms.build import build_pipeline
 
     def setup(options: dict[str, Any], cache: str | None = None) -> BaseEnhancedDataModule:
         datamodule = BaseEnhancedDataModule(
@@ -66,7 +67,9 @@ def enhanced_fitting(
     datamodule, fitted_s, fitted_mb = _timed(lambda: setup(CPU_PIPELINE, cache_dir))
     # Streaming passes = transforms that start unfitted (total-count with a fixed target_sum is
     # fitted from the start and costs no pass).
-    fresh = datamodule.build_pipeline(datamodule.store)
+    fresh = build_pipeline(
+        datamodule.pipeline_settings(), datamodule.n_genes, datamodule.components
+    )
     passes = sum(isinstance(t, FittableTransform) and not t.fitted for t in fresh)
     return {
         "backed": backed,

@@ -121,7 +121,7 @@ def _datamodule_summary(datamodule: Any) -> dict[str, Any]:
 def collect_report_data(
     datamodule: Any, max_cells: int | None = 20_000, progress: bool = True, seed: int = 0
 ) -> ReportData:
-    """Stream up to ``max_cells`` cells (in storage order) through ``on_after_batch_transfer``.
+    """Stream up to ``max_cells`` cells (in storage order) through ``datamodule.normalize``.
 
     The DataModule must be set up (statistics fitted). Its monitors see these cells too, so
     ``get_normalization_stats()`` afterwards describes exactly the cells of the report.
@@ -152,7 +152,7 @@ def collect_report_data(
         for batch in loader:
             if seen >= limit:
                 break
-            out = datamodule.on_after_batch_transfer(batch, 0)
+            out = datamodule.normalize(batch, stage="predict")
             x_ng = out["x_ng"].detach().to("cpu", torch.float64).numpy()
             counts = out["counts_ng"]
             counts = counts.to_dense() if counts.layout != torch.strided else counts

@@ -77,7 +77,7 @@ def test_every_normalization_sets_up_the_datamodule(option: str, tmp_path: Path)
         pytest.skip(f"normalization {normalization!r} is not implemented yet")
     datamodule = instantiate(node, progress=False)
     datamodule.setup("fit")
-    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    batch = datamodule.normalize(next(iter(datamodule.train_dataloader())))
     assert batch["x_ng"].shape == (cfg.datamodule.batch_size, datamodule.n_genes)
     assert torch.isfinite(batch["x_ng"]).all()
 

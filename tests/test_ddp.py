@@ -97,7 +97,7 @@ def assert_states_close(
 def predict_stats(dm: BaseEnhancedDataModule) -> dict[str, dict[str, float]]:
     """Run every cell of this rank's predict share through the pipeline; global monitor stats."""
     for batch in dm.predict_dataloader():
-        dm.on_after_batch_transfer(batch, 0)
+        dm.normalize(batch)
     return dm.get_normalization_stats()
 
 

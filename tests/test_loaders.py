@@ -28,7 +28,7 @@ def test_collate_loader_matches_the_datamodule() -> None:
     )
     dm = BaseEnhancedDataModule(**options)
     dm.setup("predict")
-    expected = torch.cat([dm.on_after_batch_transfer(b)["x_ng"] for b in dm.predict_dataloader()])
+    expected = torch.cat([dm.normalize(b)["x_ng"] for b in dm.predict_dataloader()])
 
     batches = list(DataLoader(loader.dataset(), batch_size=100, collate_fn=loader))
     collected = torch.cat([batch["x_ng"] for batch in batches])

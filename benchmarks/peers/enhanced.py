@@ -4,7 +4,7 @@ Rows: in memory and backed, block sizes 1 / 16 / 64 / 256, loader only (``normal
 ="none"``, no per-cell / per-gene step); backed with ``direct_read=False`` (h5py span reads, what
 compressed files get; an uncompressed file is read directly by default); plus backed block 64
 with the base pipeline run on the CPU (total-count -> log1p -> z-score, i.e.
-``dm.on_after_batch_transfer(batch, 0)`` on each batch), with dense counts (the default) and
+``dm.normalize(batch)`` on each batch), with dense counts (the default) and
 with ``dense_counts=False``; and the floor of that row: loader batches made into one dense
 float32 matrix and nothing else. Batches are dicts with ``counts_ng`` (torch sparse CSR),
 ``cell_type_n`` and ``cell_index_n``.
@@ -61,7 +61,7 @@ def enhanced_loader(
 ) -> EpochFactory:
     """Build and set up ``BaseEnhancedDataModule``; each epoch iterates ``train_dataloader()``.
 
-    With ``normalize`` every batch also goes through ``dm.on_after_batch_transfer`` on the CPU
+    With ``normalize`` every batch also goes through ``dm.normalize`` on the CPU
     and the yielded rows are the normalized dense ``x_ng``. The statistics cache is
     ``stats_cache_dir`` (the runner's, filled by its fitting measurement, so this row measures
     throughput, not fitting again) or a fresh temporary folder (fitting counted in the setup).
@@ -100,7 +100,7 @@ def enhanced_loader(
         background_g = torch.full((datamodule.store.n_genes,), -1.0)
         for batch in loader:
             if normalize:
-                batch = datamodule.on_after_batch_transfer(batch, 0)
+                batch = datamodule.normalize(batch)
                 yield Minibatch(batch["x_ng"], batch["cell_type_n"].numpy())
             elif dense_output_only:
                 counts = batch["counts_ng"]

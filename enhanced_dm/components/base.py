@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from enhanced_dm.data.store import CellStore
     from enhanced_dm.transforms.context import StepContext
 
-__all__ = ["SLOTS", "Component", "Slot", "merge_obs_columns", "owned_batch_sampler"]
+__all__ = ["SLOTS", "Component", "ComponentSet", "Slot"]
 
 Slot = Literal["counts", "per_cell", "gene_wise", "after_gene_wise"]
 SLOTS: tuple[str, ...] = get_args(Slot)
@@ -144,40 +144,74 @@ class Component:
         return None
 
 
-def merge_obs_columns(
-    requests: Sequence[tuple[str, Mapping[str, str]]], components: Sequence[Component]
-) -> dict[str, str]:
-    """Batch name -> obs column from ``(owner, {name: column})`` requests and the components'.
+class ComponentSet(list[Component]):
+    """A DataModule's components, with what the DataModule asks of all of them together.
 
-    The same name asked for the same column twice is fine; for two different columns it is a
-    :class:`~enhanced_dm.errors.ConfigError` naming both owners.
+    Names are unique; ``obs_columns`` and ``batch_sampler`` refuse conflicts (two columns for one
+    batch name, two owners of the sampler) with a :class:`~enhanced_dm.errors.ConfigError`.
     """
-    columns: dict[str, str] = {}
-    owners: dict[str, str] = {}
-    everything = [*requests, *((f"component {c.name!r}", c.obs_columns()) for c in components)]
-    for owner, request in everything:
-        for name, column in request.items():
-            if columns.setdefault(name, column) != column:
-                raise ConfigError(
-                    f"batch name {name!r} is mapped to obs column {columns[name]!r} by "
-                    f"{owners[name]} and to {column!r} by {owner}"
-                )
-            owners.setdefault(name, owner)
-    return columns
 
+    def __init__(self, components: Sequence[Component] = ()) -> None:
+        super().__init__(components)
+        names = [component.name for component in self]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"component names must be unique, got {names}")
 
-def owned_batch_sampler(
-    components: Sequence[Component], indices: np.ndarray, **arguments: Any
-) -> ResumableBatchSampler | None:
-    """The batch sampler of the one component that replaces it, or None; two is a ConfigError."""
-    owned = [
-        (component.name, sampler)
-        for component in components
-        if (sampler := component.batch_sampler(indices, **arguments)) is not None
-    ]
-    if len(owned) > 1:
-        raise ConfigError(
-            f"components {[name for name, _ in owned]} each replace the batch sampler; "
-            "at most one may"
-        )
-    return owned[0][1] if owned else None
+    def named(self, name: str) -> Component:
+        for component in self:
+            if component.name == name:
+                return component
+        raise KeyError(f"no {name!r} component")
+
+    def obs_columns(self, base: Mapping[str, str]) -> dict[str, str]:
+        """Batch name -> obs column: ``base`` (the DataModule's own), then each component's.
+
+        The same name asked for the same column twice is fine; for two different columns it is
+        a :class:`~enhanced_dm.errors.ConfigError` naming both owners.
+        """
+        columns = dict(base)
+        owners = dict.fromkeys(base, "the DataModule's options")
+        for component in self:
+            owner = f"component {component.name!r}"
+            for name, column in component.obs_columns().items():
+                if columns.setdefault(name, column) != column:
+                    raise ConfigError(
+                        f"batch name {name!r} is mapped to obs column {columns[name]!r} by "
+                        f"{owners[name]} and to {column!r} by {owner}"
+                    )
+                owners.setdefault(name, owner)
+        return columns
+
+    def batch_sampler(self, indices: np.ndarray, **arguments: Any) -> ResumableBatchSampler | None:
+        """The batch sampler of the one component that replaces it, or None."""
+        owned = [
+            (component.name, sampler)
+            for component in self
+            if (sampler := component.batch_sampler(indices, **arguments)) is not None
+        ]
+        if len(owned) > 1:
+            raise ConfigError(
+                f"components {[name for name, _ in owned]} each replace the batch sampler; "
+                "at most one may"
+            )
+        return owned[0][1] if owned else None
+
+    def update_running(self, batch: Batch, context: StepContext) -> None:
+        for component in self:
+            if component.has_running_state:
+                component.update_running(batch, context)
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return {component.name: component.state_dict() for component in self}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for component in self:
+            component.load_state_dict(state.get(component.name, {}))
+
+    def running_state(self) -> dict[str, dict[str, Any]]:
+        return {c.name: c.running_state() for c in self if c.has_running_state}
+
+    def load_running_state(self, state: Mapping[str, Any]) -> None:
+        for component in self:
+            if component.has_running_state and component.name in state:
+                component.load_running_state(state[component.name])

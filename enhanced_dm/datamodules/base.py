@@ -8,10 +8,9 @@ from typing import Any, ClassVar, TypeVar
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader
 
-from enhanced_dm.components.base import Component, merge_obs_columns
+from enhanced_dm.components.base import Component, ComponentSet
 from enhanced_dm.data.collate import make_dataloader
 from enhanced_dm.data.sampler import ResumableBatchSampler
 from enhanced_dm.data.sequences import SEQUENCE_ROW_KEY, to_sequences
@@ -24,9 +23,13 @@ from enhanced_dm.datamodules.options import (
     STORE_OPTIONS,
     check_base_options,
 )
-from enhanced_dm.datamodules.resume import check_state_version, fit_loop_position
+from enhanced_dm.datamodules.resume import (
+    check_same_genes,
+    check_state_version,
+    fit_loop_position,
+    next_epoch,
+)
 from enhanced_dm.datamodules.sampling import fitting_sampler, make_batch_sampler
-from enhanced_dm.errors import ConfigError
 from enhanced_dm.fitting.driver import fitted_states, load_fitted_states
 from enhanced_dm.fitting.fit_or_load import (
     STATE_VERSION,
@@ -39,49 +42,32 @@ from enhanced_dm.monitors.pipeline_monitor import PipelineMonitor
 from enhanced_dm.options import Option, merge_options, validate_options
 from enhanced_dm.transforms.base import Batch, Pipeline
 from enhanced_dm.transforms.build import PipelineSettings, build_pipeline, warn_if_counts_needed
-from enhanced_dm.transforms.context import Stage, StepContext
+from enhanced_dm.transforms.context import Stage, StepContext, trainer_stage
 from enhanced_dm.transforms.grouped import warn_groups_without_train_cells
 
 __all__ = ["BaseEnhancedDataModule"]
 
 ComponentT = TypeVar("ComponentT", bound=Component)
-_LIGHTNING_STAGES: dict[Any, Stage] = {
-    RunningStage.TRAINING: "train",
-    RunningStage.SANITY_CHECKING: "val",
-    RunningStage.VALIDATING: "val",
-    RunningStage.TESTING: "test",
-    RunningStage.PREDICTING: "predict",
-}
 
 
 class BaseEnhancedDataModule(L.LightningDataModule):
     """Single-cell minibatches from h5ad files with normalization fitted once on the train split.
 
-    ``setup()`` opens the data (:class:`~enhanced_dm.data.CellStore`), splits the cells (seeded, or
-    from ``split_key``: :func:`~enhanced_dm.data.split.make_split`), builds the pipeline
-    (:func:`~enhanced_dm.transforms.build.build_pipeline`: the components' slots around densify ->
-    total-count -> log1p -> gene-wise) and fits it by streaming passes over the train split, or
-    loads the statistics from ``stats_cache_dir`` / a checkpoint
-    (:func:`~enhanced_dm.fitting.fit_or_load.fit_or_load`). Batches travel as CSR and are
-    normalized on the device in :meth:`on_after_batch_transfer` (outside Lightning:
-    :meth:`normalize`); ``model.training_step`` receives ``x_ng``, ``counts_ng``,
-    ``total_counts_n``, ``cell_index_n`` and ``<name>_n`` obs codes.
+    It coordinates; each job lives in its own module: the store (:mod:`enhanced_dm.data.store`),
+    the split (:mod:`~enhanced_dm.data.split`), the sampler
+    (:mod:`~enhanced_dm.datamodules.sampling`), the pipeline and its slots
+    (:mod:`~enhanced_dm.transforms.build`), fitting and the statistics cache
+    (:mod:`~enhanced_dm.fitting.fit_or_load`), resuming (:mod:`~enhanced_dm.datamodules.resume`).
+    ``setup()`` opens, splits, sets up the components, builds and fits (or loads) the pipeline;
+    batches travel as CSR and are normalized on their device in :meth:`on_after_batch_transfer`
+    (outside Lightning: :meth:`normalize`): ``x_ng``, ``counts_ng``, ``total_counts_n``,
+    ``cell_index_n``, ``<name>_n`` obs codes and the components' keys.
 
-    Options are declared once (:data:`~enhanced_dm.datamodules.options.BASE_OPTIONS` plus the
-    options of ``component_classes``): the constructor validates them, its signature and the
-    Hydra schema are generated from them, and ``dm.<option>`` reads a value. A biological
-    DataModule is a subclass that names its ``component_classes`` (nothing else is needed);
-    ``components=`` appends more component instances.
-
-    Gene-wise normalization (``normalization_type``): ``"z_score"`` (scanpy ``scale``),
-    ``"none"``, and the others registered in :mod:`enhanced_dm.transforms.registry`, fitted per
-    batch (``batch_aware_normalization``) or cell type (``biological_normalization``). Reading:
-    ``backed=True`` keeps the matrix on disk; ``direct_read`` reads rows positionally where X is
-    stored uncompressed (:func:`~enhanced_dm.data.prepare.prepare_h5ad`); training batches are
-    cut from shuffle pools of ``shuffle_buffer`` blocks of ``block_size`` rows, read together.
-    ``dense_counts=False`` leaves ``counts_ng`` sparse CSR for models that read only ``x_ng``
-    (one dense write less per batch; +15-40 % cells/s on a 2-core CPU). ``cfg`` is accepted for
-    the seed API and ignored.
+    Options are declared once (:data:`~enhanced_dm.datamodules.options.BASE_OPTIONS` and the
+    options of ``component_classes``): validated here, the signature and the Hydra schema are
+    generated from them, ``dm.<option>`` reads a value. A biological DataModule is a subclass
+    naming its ``component_classes`` (docs/extending.md); ``components=`` appends instances.
+    ``cfg`` is accepted for the seed API and ignored.
     """
 
     component_classes: ClassVar[tuple[type[Component], ...]] = ()
@@ -103,10 +89,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             cls(**{option.name: values[option.name] for option in cls.options})
             for cls in self.component_classes
         ]
-        self.components: list[Component] = [*built, *components]
-        names = [component.name for component in self.components]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"component names must be unique, got {names}")
+        self.components = ComponentSet([*built, *components])
         self.store: CellStore | None = None
         self.pipeline: Pipeline | None = None
         self.monitor: PipelineMonitor | None = None
@@ -141,7 +124,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             base["batch"] = self.batch_key
         if self.cell_type_key is not None:
             base["cell_type"] = self.cell_type_key
-        return merge_obs_columns([("the base options", base)], self.components)
+        return self.components.obs_columns(base)
 
     @property
     def var_names(self) -> list[str]:
@@ -175,8 +158,8 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             )
             for component in self.components:
                 component.setup(self.store)
-            if self._pending_state is not None:
-                self._load_running_state(self._pending_state)
+            # Running state lives in what the components' setup builds: load it after.
+            self.components.load_running_state((self._pending_state or {}).get("running", {}))
         if self.pipeline is None:
             self.pipeline = build_pipeline(
                 self.pipeline_settings(), self.store.n_genes, self.components
@@ -267,10 +250,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
     def _sampler(
         self, indices: np.ndarray, shuffle: bool, pooled: bool = True
     ) -> ResumableBatchSampler:
-        """The component's batch sampler when one owns it, else the block-shuffle sampler.
-
-        Training (``shuffle``): equal batch counts per rank, and (``pooled``) the batches of a
-        shuffle pool read as one item. Otherwise every cell once."""
+        """:func:`~enhanced_dm.datamodules.sampling.make_batch_sampler` for this rank."""
         rank, world_size = self._world()
         return make_batch_sampler(
             self.options,
@@ -286,13 +266,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         self._ensure_fitted()
         sampler = self._sampler(indices, shuffle)
         if shuffle:
-            # The epoch the fit loop runs next: a DataLoader with workers draws from the sampler
-            # as soon as it is iterated, before Lightning's set_epoch.
-            if self.trainer is not None:
-                progress: Any = self.trainer.fit_loop.epoch_progress.current
-                sampler.set_epoch(progress.processed)  # the epoch Lightning's set_epoch will name
-            elif self._train_sampler is not None:
-                sampler.set_epoch(self._train_sampler.epoch)
+            sampler.set_epoch(next_epoch(self.trainer, self._train_sampler))
             if self._pending_sampler_state is not None:
                 sampler.load_state_dict(self._pending_sampler_state)
                 self._pending_sampler_state = None
@@ -315,9 +289,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------- device hook
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Normalize the batch on its device for the trainer's stage (:meth:`normalize`)."""
-        trainer = self.trainer
-        stage = _LIGHTNING_STAGES.get(trainer.state.stage, "predict") if trainer else "predict"
-        return self.normalize(batch, stage=stage)
+        return self.normalize(batch, stage=trainer_stage(self.trainer))
 
     def normalize(self, batch: Mapping[str, Any], stage: Stage = "predict") -> Batch:
         """Run the pipeline over a batch on its device: the public way outside Lightning.
@@ -350,9 +322,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             out = self.pipeline(batch, context, on_output=self.monitor.observe)
             self.monitor.check_finite()
             if context.training:
-                for component in self.components:
-                    if component.has_running_state:
-                        component.update_running(out, context)
+                self.components.update_running(out, context)
         return to_sequences(out) if SEQUENCE_ROW_KEY in out else out
 
     # --------------------------------------------------------------------------- statistics
@@ -375,14 +345,12 @@ class BaseEnhancedDataModule(L.LightningDataModule):
     def component_stats(self, name: str) -> dict[str, Any]:
         """What ``get_<name>_stats()`` returns: the component's report plus the running summary
         (cells seen, mean, std, ...) of each of its :meth:`~Component.output_steps`."""
-        for component in self.components:
-            if component.name == name:
-                report = component.report()
-                outputs = self.get_normalization_stats()
-                for label, step in component.output_steps().items():
-                    report[label] = outputs.get(step, {})
-                return report
-        raise KeyError(f"{type(self).__name__} has no {name!r} component")
+        component = self.components.named(name)
+        report = component.report()
+        outputs = self.get_normalization_stats()
+        for label, step in component.output_steps().items():
+            report[label] = outputs.get(step, {})
+        return report
 
     # -------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -397,8 +365,8 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             "categories": dict(self.store.categories),
             "split": {name: torch.from_numpy(indices) for name, indices in self.split.items()},
             "sampler": self._sampler_state(),
-            "components": {c.name: c.state_dict() for c in self.components},
-            "running": {c.name: c.running_state() for c in self.components if c.has_running_state},
+            "components": self.components.state_dict(),
+            "running": self.components.running_state(),
         }
 
     def _sampler_state(self) -> dict[str, Any] | None:
@@ -427,28 +395,15 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             # Check now, so an incompatible resume fails before any training step.
             probe = self._sampler(state_dict["split"]["train"].numpy(), shuffle=True)
             probe.load_state_dict(self._pending_sampler_state)
-        for component in self.components:
-            component.load_state_dict(state_dict.get("components", {}).get(component.name, {}))
+        self.components.load_state_dict(state_dict.get("components", {}))
         if self.store is not None:
             self._apply_state(state_dict)
-            self._load_running_state(state_dict)
-
-    def _load_running_state(self, state_dict: Mapping[str, Any]) -> None:
-        """Components' running state (after their ``setup``, which builds what it lives in)."""
-        running = state_dict.get("running", {})
-        for component in self.components:
-            if component.has_running_state and component.name in running:
-                component.load_running_state(running[component.name])
+            self.components.load_running_state(state_dict.get("running", {}))
 
     def _apply_state(self, state_dict: dict[str, Any]) -> None:
         """Gene check, category maps, split and fitted statistics of a saved state."""
         store = self._require_store()
-        if list(state_dict["var_names"]) != list(store.var_names):
-            raise ConfigError(
-                "cannot restore: the checkpoint's gene list differs from this data's "
-                f"({len(state_dict['var_names'])} vs {store.n_genes} genes); pass the same "
-                "data and genes= as the run that wrote it"
-            )
+        check_same_genes(state_dict, store.var_names)
         store.set_categories(state_dict["categories"])
         self.split = {name: indices.numpy() for name, indices in state_dict["split"].items()}
         if self.pipeline is not None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from enhanced_dm.errors import ConfigError
 from enhanced_dm.fitting.fit_or_load import STATE_VERSION
 
-__all__ = ["check_state_version", "fit_loop_position"]
+__all__ = ["check_same_genes", "check_state_version", "fit_loop_position", "next_epoch"]
 
 
 def check_state_version(state_dict: Mapping[str, Any]) -> None:
@@ -17,6 +17,16 @@ def check_state_version(state_dict: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"cannot restore DataModule state version {state_dict.get('version')}; "
             f"this enhanced-dm writes version {STATE_VERSION}"
+        )
+
+
+def check_same_genes(state_dict: Mapping[str, Any], var_names: Sequence[str]) -> None:
+    """Refuse a state saved over another gene list (the fitted statistics would not fit)."""
+    if list(state_dict["var_names"]) != list(var_names):
+        raise ConfigError(
+            "cannot restore: the checkpoint's gene list differs from this data's "
+            f"({len(state_dict['var_names'])} vs {len(var_names)} genes); pass the same "
+            "data and genes= as the run that wrote it"
         )
 
 
@@ -39,3 +49,13 @@ def fit_loop_position(sampler_state: dict[str, Any], trainer: Any) -> dict[str, 
         if done >= trainer.num_training_batches:
             epoch, done = epoch + 1, 0
     return {**sampler_state, "epoch": epoch, "start_batch": done}
+
+
+def next_epoch(trainer: Any, previous_sampler: Any) -> int:
+    """The epoch a new train sampler starts at: the one the fit loop runs next (a DataLoader with
+    workers draws from the sampler as soon as it is iterated, before Lightning's ``set_epoch``),
+    else the previous sampler's, else 0."""
+    if trainer is not None:
+        progress: Any = trainer.fit_loop.epoch_progress.current
+        return int(progress.processed)  # the epoch Lightning's set_epoch will name
+    return previous_sampler.epoch if previous_sampler is not None else 0

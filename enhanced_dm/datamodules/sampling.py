@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from enhanced_dm.components.base import Component, owned_batch_sampler
+from enhanced_dm.components.base import ComponentSet
 from enhanced_dm.data.sampler import BlockShuffleSampler, ResumableBatchSampler
 from enhanced_dm.errors import ConfigError
 
@@ -25,7 +25,7 @@ def batches_per_pool(options: Mapping[str, Any]) -> int:
 
 def make_batch_sampler(
     options: Mapping[str, Any],
-    components: Sequence[Component],
+    components: ComponentSet,
     indices: np.ndarray,
     *,
     shuffle: bool,
@@ -38,8 +38,7 @@ def make_batch_sampler(
     Training (``shuffle``): equal batch counts per rank, and (``pooled``) the batches of a
     shuffle pool read as one item. Otherwise every cell once.
     """
-    owned = owned_batch_sampler(
-        components,
+    owned = components.batch_sampler(
         indices,
         shuffle=shuffle,
         seed=options["seed"],

@@ -50,7 +50,7 @@ class ReferenceModule(L.LightningModule):
         if trainer is None or trainer.world_size == 1 or not lazy:
             return
         datamodule: Any = getattr(trainer, "datamodule", None)
-        batch = datamodule.on_after_batch_transfer(next(iter(datamodule.predict_dataloader())), 0)
+        batch = datamodule.normalize(next(iter(datamodule.predict_dataloader())))
         with torch.no_grad():
             self(batch)
 

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 
 from enhanced_dm.errors import ConfigError
 from enhanced_dm.seeding import mix_seed, shift_right, signed, splitmix64, stream_id
 
-__all__ = ["STAGES", "Stage", "StepContext"]
+__all__ = ["STAGES", "Stage", "StepContext", "trainer_stage"]
 
 Stage = Literal["fit_stats", "train", "val", "test", "predict"]
 STAGES: tuple[str, ...] = get_args(Stage)
+_LIGHTNING_STAGES: dict[str, Stage] = {
+    "train": "train",
+    "sanity_check": "val",
+    "validate": "val",
+    "test": "test",
+    "predict": "predict",
+}
+
+
+def trainer_stage(trainer: Any) -> Stage:
+    """The stage of a Lightning trainer's running loop (sanity checks are ``"val"``); without a
+    trainer, ``"predict"``."""
+    stage = getattr(getattr(trainer, "state", None), "stage", None)
+    return _LIGHTNING_STAGES.get(str(getattr(stage, "value", stage)), "predict")
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def all_outputs(dm: BaseEnhancedDataModule, keys: Sequence[str]) -> dict[str, np
     dm.setup("predict")
     parts: dict[str, list[np.ndarray]] = {key: [] for key in [*keys, "cell_index_n"]}
     for batch in dm.predict_dataloader():
-        out = dm.on_after_batch_transfer(batch, 0)
+        out = dm.normalize(batch)
         for key in parts:
             parts[key].append(out[key].numpy())
     result = {key: np.concatenate(values) for key, values in parts.items()}

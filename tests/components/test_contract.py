@@ -315,3 +315,79 @@ def test_base_options_are_validated_from_their_declarations() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             make_dm(**options)
+
+
+# --------------------------------------------------------------------------- step context
+class _Recorder(Transform):
+    output_key = "x_ng"
+    reads_counts = False
+    monitored = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, int, int]] = []
+
+    def forward(self, batch: Any, context: StepContext | None = None) -> dict[str, torch.Tensor]:
+        assert context is not None
+        self.seen.append((context.stage, context.epoch, context.batch_index))
+        return {}
+
+
+class _RecordingComponent(Component):
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.step = _Recorder()
+
+    def transforms(self) -> list[tuple[str, Transform, Slot]]:
+        return [("record", self.step, "after_gene_wise")]
+
+
+def test_lightning_stages_epochs_and_batch_indices_reach_the_context(tmp_path) -> None:
+    import lightning as L
+
+    from enhanced_dm.models import ExpressionAutoencoder
+
+    component = _RecordingComponent()
+    dm = make_dm([component], batch_size=128)
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(ExpressionAutoencoder(latent_dim=4, hidden_dims=(8,)), datamodule=dm)
+    train = [(epoch, index) for stage, epoch, index in component.step.seen if stage == "train"]
+    assert train == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert {stage for stage, _, _ in component.step.seen} == {"train", "val"}  # sanity: val
+
+
+def test_generators_are_keyed_by_stream_and_coordinates() -> None:
+    context = StepContext("train", seed=1, epoch=2, global_rank=0, batch_index=3)
+
+    def draw(c: StepContext, stream: str) -> torch.Tensor:
+        return torch.rand(5, generator=c.generator("cpu", stream))
+
+    assert torch.equal(draw(context, "a"), draw(context, "a"))
+    assert not torch.equal(draw(context, "a"), draw(context, "b"))
+    for other in (
+        StepContext("train", seed=1, epoch=3, global_rank=0, batch_index=3),
+        StepContext("train", seed=1, epoch=2, global_rank=1, batch_index=3),
+        StepContext("train", seed=1, epoch=2, global_rank=0, batch_index=4),
+        StepContext("train", seed=2, epoch=2, global_rank=0, batch_index=3),
+    ):
+        assert not torch.equal(draw(other, "a"), draw(context, "a"))
+    # keyed draws: a function of (seed, stream, key) only, whatever the batch holds
+    cells = torch.tensor([5, 9, 2])
+    both = context.keyed_normal(cells, 4, "noise")
+    alone = StepContext("predict", seed=1).keyed_normal(torch.tensor([9]), 4, "noise")
+    assert torch.equal(both[1], alone[0])
+    many = context.keyed_normal(torch.arange(20_000), 8, "noise").double()
+    assert abs(float(many.mean())) < 0.01 and abs(float(many.std()) - 1) < 0.01
+    uniform = context.keyed_uniform(torch.arange(20_000), 2, "u")
+    assert float(uniform.min()) > 0 and float(uniform.max()) < 1

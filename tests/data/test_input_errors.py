@@ -52,7 +52,7 @@ def make_dm(data, **options) -> BaseEnhancedDataModule:
 def predict_all(dm: BaseEnhancedDataModule) -> dict[str, np.ndarray]:
     """x_ng and cell_index_n of every cell through predict_dataloader()."""
     dm.setup("predict")
-    outs = [dm.on_after_batch_transfer(batch, 0) for batch in dm.predict_dataloader()]
+    outs = [dm.normalize(batch) for batch in dm.predict_dataloader()]
     return {key: torch.cat([o[key] for o in outs]).numpy() for key in ("x_ng", "cell_index_n")}
 
 
@@ -314,7 +314,7 @@ def test_input_files_are_opened_read_only_and_left_unchanged(pbmc_copy: Path, ba
     dm = make_dm(str(pbmc_copy), backed=backed, cell_type_key="cell_type")
     dm.setup("fit")
     for batch in dm.train_dataloader():  # one epoch
-        dm.on_after_batch_transfer(batch, 0)
+        dm.normalize(batch)
     predict_all(dm)
     if backed:
         handle = dm.store.sources[0]._file

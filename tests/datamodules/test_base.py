@@ -24,7 +24,7 @@ def predicted_x(dm: BaseEnhancedDataModule) -> np.ndarray:
     dm.setup("predict")
     parts, order = [], []
     for batch in dm.predict_dataloader():
-        out = dm.on_after_batch_transfer(batch, 0)
+        out = dm.normalize(batch)
         parts.append(out["x_ng"].numpy())
         order.append(out["cell_index_n"].numpy())
     order_n = np.concatenate(order)
@@ -105,7 +105,7 @@ def test_in_memory_and_backed_batches_are_identical() -> None:
     for backed in (False, True):
         dm = make_dm(backed=backed, val_fraction=0.2, batch_key="batch", block_size=8)
         dm.setup("fit")
-        batches.append([dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()])
+        batches.append([dm.normalize(b) for b in dm.train_dataloader()])
     for a, b in zip(*batches, strict=True):
         for key in a:
             assert torch.equal(a[key], b[key]), key
@@ -257,7 +257,7 @@ def test_sparse_counts_option_keeps_the_counts_and_changes_nothing_else() -> Non
     for dense_counts in (True, False):
         dm = make_dm(dense_counts=dense_counts, block_size=8)
         dm.setup("fit")
-        batches.append([dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()])
+        batches.append([dm.normalize(b) for b in dm.train_dataloader()])
     for dense, sparse in zip(*batches, strict=True):
         assert sparse["counts_ng"].layout == torch.sparse_csr
         assert torch.equal(sparse["counts_ng"].to_dense(), dense["counts_ng"])

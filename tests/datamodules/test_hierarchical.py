@@ -94,7 +94,7 @@ def test_aucell_score_equals_the_decoupler_recipe() -> None:
     dm = make_dm(pathway_score="aucell", num_pathways=12, num_compartments=2)
     dm.setup("fit")
     assert "pathway_zscore" not in dm.pipeline.names  # AUCell scores are not standardized
-    out = dm.on_after_batch_transfer(dm.store.read(np.arange(60)), 0)
+    out = dm.normalize(dm.store.read(np.arange(60)))
     counts = out["counts_ng"].numpy()
     n_up = int(np.ceil(0.05 * dm.n_genes))
     expected = decoupler_aucell(counts, dm.pathway_mask_pg.numpy(), n_up)
@@ -147,7 +147,7 @@ def test_pathway_stats_report_selection_and_running_scores() -> None:
     assert stats["compartments"]["compartments_dropped"] == {"not_in_top_num_compartments": 13}
 
     train = dm.split["train"]
-    dm.on_after_batch_transfer(dm.store.read(train), 0)
+    dm.normalize(dm.store.read(train))
     stats = dm.get_pathway_stats()
     n = len(train)
     # Every pathway has mean 0 and sample std 1 on the train cells, so the pooled values have
@@ -197,7 +197,7 @@ def test_ensembl_data_through_gene_symbol_key() -> None:
         progress=False,
     )
     dm.setup("fit")
-    out = dm.on_after_batch_transfer(dm.store.read(np.arange(32)), 0)
+    out = dm.normalize(dm.store.read(np.arange(32)))
     assert out["pathway_scores_np"].shape == (32, 20)
     assert out["compartment_x_nk"].shape == (32, 5)
     assert all(torch.isfinite(out[key]).all() for key in OUTPUT_KEYS[2:])
@@ -245,7 +245,7 @@ def test_collate_loader_gives_the_same_batches() -> None:
     assert batch["pathway_scores_np"].shape == (16, 30)
     assert batch["compartment_fraction_nk"].shape == (16, 5)
     dm = loader.datamodule
-    direct = dm.on_after_batch_transfer(dm.store.read(batch["cell_index_n"].numpy()), 0)
+    direct = dm.normalize(dm.store.read(batch["cell_index_n"].numpy()))
     for key in ("pathway_scores_np", "compartment_fraction_nk", "compartment_x_nk"):
         torch.testing.assert_close(batch[key], direct[key])
     assert loader.get_pathway_stats()["pathways_kept"] == 30

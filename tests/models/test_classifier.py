@@ -130,9 +130,7 @@ def test_classifier_checkpoint_round_trip(
     path = tmp_path / "model.ckpt"
     fit.save_checkpoint(path)
     restored = CellTypeClassifier.load_from_checkpoint(path)
-    example = pbmc_datamodule.on_after_batch_transfer(
-        next(iter(pbmc_datamodule.predict_dataloader())), 0
-    )
+    example = pbmc_datamodule.normalize(next(iter(pbmc_datamodule.predict_dataloader())))
     model.eval()
     restored.eval()
     torch.testing.assert_close(restored(example), model(example))
@@ -151,9 +149,7 @@ def test_autoencoder_reconstructs_better_than_the_mean(
     # z-scored genes: predicting the mean (0) everywhere has a mean squared error of about 1.
     assert fit.callback_metrics["val/loss"] < 0.95
     out = model.predict_step(
-        pbmc_datamodule.on_after_batch_transfer(
-            next(iter(pbmc_datamodule.predict_dataloader())), 0
-        ),
+        pbmc_datamodule.normalize(next(iter(pbmc_datamodule.predict_dataloader()))),
         0,
     )
     assert out["z_nd"].shape[1] == 8

@@ -78,7 +78,7 @@ def test_raise_fails_naming_the_transform() -> None:
     with pytest.raises(
         NonFiniteOutputError, match="transform 'divide_by_zero' produced NaN or inf"
     ):
-        dm.on_after_batch_transfer(first_batch(dm), 0)
+        dm.normalize(first_batch(dm))
 
 
 def test_warn_warns_continues_and_counts() -> None:
@@ -86,7 +86,7 @@ def test_warn_warns_continues_and_counts() -> None:
     with pytest.warns(
         UserWarning, match="transform 'divide_by_zero' produced NaN or inf values in 'x_ng'"
     ):
-        out = dm.on_after_batch_transfer(first_batch(dm), 0)
+        out = dm.normalize(first_batch(dm))
     assert out["x_ng"].shape == (100, dm.n_genes)
     stats = dm.get_normalization_stats()
     assert stats["divide_by_zero"]["nonfinite_count"] == 200  # 100 cells x 2 genes
@@ -98,7 +98,7 @@ def test_ignore_stays_silent_but_still_counts() -> None:
     dm = make_dm("ignore")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        dm.on_after_batch_transfer(first_batch(dm), 0)
+        dm.normalize(first_batch(dm))
     assert dm.get_normalization_stats()["divide_by_zero"]["nonfinite_count"] == 200
 
 
@@ -108,7 +108,7 @@ def test_non_finite_values_in_any_written_key_are_caught() -> None:
     with pytest.raises(
         NonFiniteOutputError, match="'divide_by_zero' produced NaN or inf values in 'score_ng'"
     ):
-        dm.on_after_batch_transfer(first_batch(dm), 0)
+        dm.normalize(first_batch(dm))
 
 
 def test_monitor_rejects_an_unknown_policy() -> None:
