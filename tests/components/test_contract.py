@@ -391,3 +391,37 @@ def test_generators_are_keyed_by_stream_and_coordinates() -> None:
     assert abs(float(many.mean())) < 0.01 and abs(float(many.std()) - 1) < 0.01
     uniform = context.keyed_uniform(torch.arange(20_000), 2, "u")
     assert float(uniform.min()) > 0 and float(uniform.max()) < 1
+
+
+# ------------------------------------------------------------------ declarative DataModules
+def test_a_datamodule_is_its_component_list() -> None:
+    import inspect
+
+    from enhanced_dm.cli import schema_from_signature
+
+    class NoisyDataModule(BaseEnhancedDataModule):
+        component_classes = (CountThinningComponent, RunningMeanComponent)
+
+    parameters = inspect.signature(NoisyDataModule.__init__).parameters
+    assert list(parameters)[:4] == ["self", "data", "keep", "decay"]
+    assert parameters["batch_size"].default == 256 and "components" in parameters
+    fields = schema_from_signature(NoisyDataModule).__dataclass_fields__
+    assert fields["keep"].default == 0.5 and fields["decay"].default == 0.9
+    with pytest.raises(ConfigError, match=r"NoisyDataModule: option keep=2.0 is invalid"):
+        NoisyDataModule(str(shared_data(PBMC)), keep=2.0)
+    dm = NoisyDataModule(str(shared_data(PBMC)), keep=0.3, decay=0.5, **OPTIONS)
+    assert dm.component(CountThinningComponent).keep == 0.3 and dm.decay == 0.5
+    dm.setup("fit")
+    assert dm.get_running_mean_stats() == {} and dm.get_count_thinning_stats() == {}
+    assert type(BaseEnhancedDataModule.__init__) is type(NoisyDataModule.__init__)
+    assert "keep" not in inspect.signature(BaseEnhancedDataModule.__init__).parameters
+
+
+def test_an_option_name_means_one_thing_everywhere() -> None:
+    from enhanced_dm.options import Option, merge_options
+
+    same = Option("gene_symbol_key", None, str | None)
+    assert len(merge_options([(same,), (same,)])) == 1
+    other = Option("gene_symbol_key", "symbol", str)
+    with pytest.raises(ConfigError, match="'gene_symbol_key' is declared twice"):
+        merge_options([(same,), (other,)])
