@@ -229,6 +229,7 @@ def run(cfg: Any) -> float | None:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if cfg.task != "fit" and cfg.ckpt_path is None:
         print(f"enhanced-dm {cfg.task}: no ckpt_path given, so the model is untrained")
+    check_checkpoint(cfg.ckpt_path)
     if cfg.task == "fit":
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     elif cfg.task == "validate":
@@ -256,6 +257,35 @@ def run(cfg: Any) -> float | None:
     monitor = getattr(trainer.checkpoint_callback, "monitor", None)
     value = trainer.callback_metrics.get(monitor) if monitor else None
     return float(value) if value is not None else None
+
+
+def check_checkpoint(path: str | None) -> None:
+    """Refuse a missing, empty, truncated or damaged checkpoint before any work, in one line.
+
+    Lightning's names (``"last"``, ``"best"``, ...) pass: Lightning resolves them. A checkpoint is
+    a torch zip archive; every member's CRC is verified (one read of the file).
+    """
+    import zipfile
+
+    from enhanced_dm.errors import ConfigError
+
+    if path is None or path in ("last", "best", "hpc", "registry"):
+        return
+    file = Path(path)
+    expected = "expected a checkpoint written by `enhanced-dm fit` (a .ckpt file)"
+    if not file.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such file; {expected}")
+    if file.stat().st_size == 0:
+        raise ConfigError(f"ckpt_path={path}: the file is empty; {expected}")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ConfigError(
+            f"ckpt_path={path}: truncated or not a checkpoint ({error}); {expected}"
+        ) from None
+    if damaged is not None:
+        raise ConfigError(f"ckpt_path={path}: damaged (bad CRC in {damaged}); {expected}")
 
 
 def _print_summary(

@@ -11,12 +11,16 @@ same option (``gene_symbol_key``) declare it identically and receive the same va
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from enhanced_dm.errors import ConfigError
 
@@ -88,10 +92,10 @@ def _matches(annotation: Any, value: Any) -> bool:
         return value is None
     if annotation is bool:
         return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:  # numpy integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if annotation is float:  # any real number but a bool
+        return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
     if annotation is str:
         return isinstance(value, str)
     if annotation is os.PathLike:
@@ -134,6 +138,10 @@ def validate_options(
             raise ConfigError(
                 f"{owner}: option {option.name}={value!r} has the wrong type; expected "
                 f"{_describe(option.annotation)}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{owner}: option {option.name}={value!r} is invalid; expected a finite number"
             )
         if option.check is not None and value is not None:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,15 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def shared_data(relative: str) -> Path:
-    """Path of a file under ``../shared/data`` (read-only in CI); skips the test when it is absent."""
+    """Path of a file under ``../shared/data`` (read-only in CI).
+
+    Absent, the test is skipped on a developer's machine but FAILS under ``CI=true``: the oracle
+    tests must never pass in CI by skipping.
+    """
     path = SHARED_DATA / relative
     if not path.exists():
-        pytest.skip(f"real data file {path} is not available")
+        message = f"real data file {path} is not available"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true: shared data must be present)")
+        pytest.skip(message)
     return path

@@ -13,9 +13,14 @@ from enhanced_dm.errors import ConfigError
 __all__ = ["GeneMatcher", "MembershipResult"]
 
 
+def _exact(symbol: object) -> str:
+    """A symbol stripped of surrounding whitespace ("" for missing values)."""
+    return symbol.strip() if isinstance(symbol, str) else ""
+
+
 def _key(symbol: object) -> str:
-    """The form symbols are compared in: stripped and case-folded ("" for missing values)."""
-    return symbol.strip().casefold() if isinstance(symbol, str) else ""
+    """The case-insensitive form: stripped and case-folded ("" for missing values)."""
+    return _exact(symbol).casefold()
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,9 @@ class MembershipResult:
     ``set_size_after_p`` the data genes it covers; the latter can be larger when a symbol matches
     several data genes. ``unmatched_count`` counts distinct symbols (over all sets) that match no
     data gene, and ``unmatched_examples`` lists the first few, in order of first appearance.
+    ``ambiguous_count`` counts distinct symbols whose case-insensitive form names several data
+    genes that differ only in case (``C10orf68`` / ``C10ORF68``); they are matched exactly where
+    an exact spelling exists, else to all of them.
     """
 
     membership_pg: scipy.sparse.csr_matrix
@@ -35,6 +43,7 @@ class MembershipResult:
     set_size_after_p: np.ndarray
     unmatched_count: int
     unmatched_examples: tuple[str, ...]
+    ambiguous_count: int = 0
 
     @property
     def covered_gene_fraction(self) -> float:
@@ -46,15 +55,18 @@ class MembershipResult:
 
 
 class GeneMatcher:
-    """Map annotation gene symbols to column indices of a dataset's genes, case-insensitively.
+    """Map annotation gene symbols to column indices of a dataset's genes.
 
     Each data gene is known by its ``var_names`` entry and, when ``symbols`` is given (a column
     aligned with ``var_names``, e.g. ``adata.var["gene_short_name"]`` when var_names are Ensembl
-    ids), by its symbol too; missing symbols (None, NaN, "") are skipped. Comparison ignores case
-    and surrounding whitespace, because annotation files and count matrices disagree on case
-    (``Mt-co1`` vs ``MT-CO1``), and symbols are never told apart by case alone within one species.
-    A symbol that names several data genes (duplicated symbols, or names differing only in case)
-    maps to all of them, so no annotated gene is dropped silently.
+    ids), by its symbol too; missing symbols (None, NaN, "") are skipped. Surrounding whitespace
+    is ignored. **Case rule**: an exact spelling wins; only a symbol with no exact match is
+    compared case-insensitively, because annotation files and count matrices disagree on case
+    (``Mt-co1`` vs ``MT-CO1``). So when the data hold both ``C10orf68`` and ``C10ORF68``, each
+    spelling matches its own gene; ``c10orf68`` (no exact match) matches both, and such symbols
+    are counted as ambiguous. A symbol that names several data genes exactly (a duplicated
+    symbol column) maps to all of them, so no annotated gene is dropped silently. The same rule
+    resolves ``genes=`` lists against the data's var_names.
     """
 
     def __init__(
@@ -68,22 +80,40 @@ class GeneMatcher:
                 f"symbols has {len(symbol_list)} entries but var_names has {len(names)}; "
                 "they must be aligned (one symbol per data gene)"
             )
-        lookup: dict[str, dict[int, None]] = {}
+        exact: dict[str, dict[int, None]] = {}
+        folded: dict[str, dict[int, None]] = {}
+        spellings_of: dict[str, dict[str, None]] = {}
         for index, name in enumerate(names):
             spellings = [name] if symbol_list is None else [name, symbol_list[index]]
-            for spelling in spellings:
-                key = _key(spelling)
-                if key:
-                    lookup.setdefault(key, {})[index] = None
+            for spelling in map(_exact, spellings):
+                if spelling:
+                    exact.setdefault(spelling, {})[index] = None
+                    folded.setdefault(spelling.casefold(), {})[index] = None
+                    spellings_of.setdefault(spelling.casefold(), {})[spelling] = None
         self.n_genes = len(names)
-        self._lookup = {
-            key: np.fromiter(indices, dtype=np.int64, count=len(indices))
-            for key, indices in lookup.items()
+        self._exact = {key: _as_array(indices) for key, indices in exact.items()}
+        self._folded = {key: _as_array(indices) for key, indices in folded.items()}
+        # Several spellings of one key that name several genes (one gene's var name and symbol
+        # differing in case is no ambiguity).
+        self._case_variants = {
+            key for key, found in spellings_of.items() if len(found) > 1 and len(folded[key]) > 1
         }
+
+    def lookup(self, symbol: object) -> np.ndarray | None:
+        """Indices of the data genes ``symbol`` names (exact spelling first), or None."""
+        spelling = _exact(symbol)
+        if not spelling:
+            return None
+        found = self._exact.get(spelling)
+        return found if found is not None else self._folded.get(spelling.casefold())
+
+    def is_ambiguous(self, symbol: object) -> bool:
+        """Whether the data hold several spellings of ``symbol`` differing only in case."""
+        return _key(symbol) in self._case_variants
 
     def indices(self, genes: Iterable[str]) -> np.ndarray:
         """Sorted, unique int64 indices of the data genes that ``genes`` name (unknown ones skipped)."""
-        matched = [self._lookup[key] for key in map(_key, genes) if key in self._lookup]
+        matched = [found for found in map(self.lookup, genes) if found is not None]
         if not matched:
             return np.empty(0, dtype=np.int64)
         return np.unique(np.concatenate(matched))
@@ -100,17 +130,16 @@ class GeneMatcher:
         columns: list[np.ndarray] = []
         size_before: list[int] = []
         unmatched: dict[str, str] = {}
+        ambiguous: set[str] = set()
         for row, genes in enumerate(gene_sets.values()):
-            first_spelling: dict[str, str] = {}
-            for gene in genes:
-                key = _key(gene)
-                if key:
-                    first_spelling.setdefault(key, gene.strip())
-            size_before.append(len(first_spelling))
-            for key, spelling in first_spelling.items():
-                if key not in self._lookup:
-                    unmatched.setdefault(key, spelling)
-            indices = self.indices(first_spelling)
+            spellings = {_exact(gene): None for gene in genes if _exact(gene)}
+            size_before.append(len({spelling.casefold() for spelling in spellings}))
+            for spelling in spellings:
+                if self.lookup(spelling) is None:
+                    unmatched.setdefault(spelling.casefold(), spelling)
+                elif self.is_ambiguous(spelling):
+                    ambiguous.add(spelling)
+            indices = self.indices(spellings)
             rows.append(np.full(len(indices), row, dtype=np.int64))
             columns.append(indices)
         n_sets = len(gene_sets)
@@ -127,4 +156,9 @@ class GeneMatcher:
             set_size_after_p=np.diff(membership_pg.indptr).astype(np.int64),
             unmatched_count=len(unmatched),
             unmatched_examples=tuple(list(unmatched.values())[:max_examples]),
+            ambiguous_count=len(ambiguous),
         )
+
+
+def _as_array(indices: dict[int, None]) -> np.ndarray:
+    return np.fromiter(indices, dtype=np.int64, count=len(indices))

@@ -110,6 +110,7 @@ class GeneSetSelection:
     n_genes: int
     unmatched_count: int
     unmatched_examples: tuple[str, ...]
+    ambiguous_count: int = 0
 
     @classmethod
     def from_membership(cls, result: MembershipResult, status: Sequence[str]) -> GeneSetSelection:
@@ -128,6 +129,7 @@ class GeneSetSelection:
             n_genes=int(result.membership_pg.shape[1]),
             unmatched_count=int(result.unmatched_count),
             unmatched_examples=tuple(result.unmatched_examples),
+            ambiguous_count=int(result.ambiguous_count),
         )
 
     # ------------------------------------------------------------------------- kept sets
@@ -246,6 +248,7 @@ class GeneSetSelection:
             "data_genes_covered_fraction": self.covered_gene_fraction(),
             "unmatched_symbols_count": self.unmatched_count,
             "unmatched_symbols_examples": list(self.unmatched_examples),
+            "ambiguous_symbols_count": self.ambiguous_count,
         }
 
     # ------------------------------------------------------------------------------- state
@@ -267,6 +270,7 @@ class GeneSetSelection:
             "n_genes": self.n_genes,
             "unmatched_count": self.unmatched_count,
             "unmatched_examples": list(self.unmatched_examples),
+            "ambiguous_count": self.ambiguous_count,
         }
 
     @classmethod
@@ -281,6 +285,7 @@ class GeneSetSelection:
             n_genes=int(state["n_genes"]),
             unmatched_count=int(state["unmatched_count"]),
             unmatched_examples=tuple(state["unmatched_examples"]),
+            ambiguous_count=int(state.get("ambiguous_count", 0)),
         )
 
 

@@ -241,6 +241,24 @@ class Source:
         )
         self._dense = False
         self._direct: DirectRows | None = None
+        self._identity = _file_identity(path) if path is not None and matrix is None else None
+
+    def check_unchanged(self) -> None:
+        """Refuse a backed file whose size, mtime or inode changed since setup (overwritten in
+        place during a run, its rows would silently be other cells' or garbage)."""
+        if self._identity is None or self.path is None:
+            return
+        try:
+            now = _file_identity(self.path)
+        except OSError as error:
+            raise DataFileError(f"{self.where}: the file is gone since setup ({error})") from error
+        if now != self._identity:
+            size, mtime_ns, inode = self._identity
+            raise DataFileError(
+                f"{self.where}: the file changed during the run (size, mtime, inode were "
+                f"{(size, mtime_ns, inode)}, now {now}); expected the file read at setup. "
+                "Do not overwrite data files that a run reads; set up the DataModule again"
+            )
 
     @property
     def backed(self) -> bool:
@@ -314,6 +332,7 @@ class Source:
         if self._matrix is not None:
             assert self._indptr is not None
             return HeldRows(self._indptr, self._matrix.indices, self._matrix.data)
+        self.check_unchanged()
         try:
             node = self._group()
             if self._direct is not None:
@@ -489,6 +508,12 @@ def _dense_rows(node: h5py.Dataset, rows: np.ndarray) -> RowBlock:
     return RowBlock(matrix.indptr.astype(np.int64), matrix.indices, matrix.data)
 
 
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    """(size, mtime in ns, inode): what changes when a file is rewritten or replaced."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
 def _file_fingerprint(path: Path) -> str:
     stat = path.stat()
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -536,6 +561,13 @@ def _matrix_element(path: Path, layer: str | None, backed: bool) -> str:
     """
     element = "X" if layer is None else f"layers/{layer}"
     with h5py.File(path, "r") as file:
+        if element not in file and _is_10x_h5(file):
+            raise DataFileError(
+                f"{path}: a 10x Genomics Cell Ranger .h5 matrix (e.g. "
+                "filtered_feature_bc_matrix.h5), not an h5ad file; read it with "
+                "scanpy.read_10x_h5(path) and pass the AnnData (data=adata), or write it as "
+                ".h5ad first (adata.write_h5ad(...))"
+            )
         if element not in file:
             available = list(file["layers"].keys()) if "layers" in file else []
             what = "X" if layer is None else f"layer {layer!r}"
@@ -560,6 +592,15 @@ def _matrix_element(path: Path, layer: str | None, backed: bool) -> str:
                 raise DataFileError(f"{where}: expected a 2-d matrix, found shape {node.shape}")
             _check_dtype(node.dtype, where)
     return element
+
+
+def _is_10x_h5(file: h5py.File) -> bool:
+    """Cell Ranger's layout: ``matrix/`` (v3+) or one group per genome (v2), each holding
+    ``barcodes``, ``data``, ``indices``, ``indptr`` and ``shape``."""
+    parts = {"barcodes", "data", "indices", "indptr", "shape"}
+    return any(
+        isinstance(group, h5py.Group) and parts <= set(group.keys()) for group in file.values()
+    )
 
 
 def _check_path(path: Path) -> None:

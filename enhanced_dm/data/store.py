@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from enhanced_dm.annotations.matching import GeneMatcher
 from enhanced_dm.data.sources import (
     RowBlock,
     Source,
@@ -28,6 +29,7 @@ from enhanced_dm.errors import ConfigError, DataFileError
 __all__ = ["CellStore", "DataInput", "ValueCheck", "check_values"]
 
 logger = logging.getLogger(__name__)
+INT32_MAX = 2**31 - 1
 
 # Backed files storing more values than this are sampled at setup; the rest is checked on read.
 VALUE_CHECK_MAX_VALUES = 1_000_000
@@ -76,6 +78,7 @@ class ValueCheck:
     complete: bool
     integer: bool
     minimum: float
+    maximum: float = 0.0
 
     def describe(self) -> str:
         scope = "all" if self.complete else "a sample of"
@@ -126,6 +129,7 @@ class CellStore:
         layer: str | None = None,
         genes: Sequence[str] | None = None,
         gene_join: Literal["outer", "inner"] = "outer",
+        missing_genes: Literal["error", "zeros"] = "error",
         obs_columns: Mapping[str, str] | None = None,
         total_counts_key: str | None = None,
         counts: bool | Literal["auto"] = "auto",
@@ -144,7 +148,7 @@ class CellStore:
         self._open_order: OrderedDict[int, None] = OrderedDict()
         for source in self.sources:
             _check_unique(source.var_names, source.name, "var_names")
-        self.var_names = self._gene_space(genes, gene_join)
+        self.var_names = self._gene_space(genes, gene_join, missing_genes)
         if not self.var_names:
             raise DataFileError(
                 f"{_names(self.sources)}: the gene space is empty (files with no genes, or an "
@@ -187,11 +191,11 @@ class CellStore:
         merged = pd.concat(frames).drop_duplicates("_gene").set_index("_gene")
         return merged.reindex(self.var_names)
 
-    def _gene_space(self, genes: Sequence[str] | None, gene_join: str) -> list[str]:
+    def _gene_space(
+        self, genes: Sequence[str] | None, gene_join: str, missing_genes: str = "error"
+    ) -> list[str]:
         if genes is not None:
-            genes = [str(gene) for gene in genes]
-            _check_unique(pd.Index(genes), "genes=", "the gene list")
-            return genes
+            return self._requested_genes([str(gene) for gene in genes], missing_genes)
         if gene_join == "inner":
             common = self.sources[0].var_names
             for source in self.sources[1:]:
@@ -203,6 +207,50 @@ class CellStore:
         for source in self.sources:
             seen.update(dict.fromkeys(map(str, source.var_names)))
         return list(seen)
+
+    def _requested_genes(self, genes: list[str], missing_genes: str) -> list[str]:
+        """``genes=`` resolved against the files' genes with the annotation matching's case
+        rule (exact spelling first, else case-insensitive): the data's spellings, in the order
+        asked. Unknown names are a ConfigError listing them, unless ``missing_genes="zeros"``
+        (they become all-zero columns, counted in the log); a name that matches several genes
+        differing only in case is refused."""
+        known: dict[str, None] = {}
+        for source in self.sources:
+            known.update(dict.fromkeys(map(str, source.var_names)))
+        names = list(known)
+        matcher = GeneMatcher(names)
+        resolved, unknown, ambiguous = [], [], []
+        for gene in genes:
+            found = matcher.lookup(gene)
+            if found is None:
+                unknown.append(gene)
+                resolved.append(gene)
+            elif len(found) > 1 and gene not in known:
+                ambiguous.append(f"{gene} -> {[names[i] for i in found]}")
+            else:
+                resolved.append(gene if gene in known else names[int(found[0])])
+        if ambiguous:
+            raise ConfigError(
+                f"genes=: {ambiguous[:5]} match several genes of {_names(self.sources)} that "
+                "differ only in case; spell them exactly"
+            )
+        if unknown and missing_genes != "zeros":
+            raise ConfigError(
+                f"genes=: {len(unknown)} of {len(genes)} names are not genes of "
+                f"{_names(self.sources)} (matched exactly, else case-insensitively), e.g. "
+                f"{unknown[:10]}; check gene_symbol/Ensembl naming, or pass "
+                "missing_genes='zeros' to keep them as all-zero columns"
+            )
+        if unknown:
+            logger.warning(
+                "genes=: %d of %d names are not in the data and are all-zero columns "
+                "(missing_genes='zeros'), e.g. %s",
+                len(unknown),
+                len(genes),
+                unknown[:5],
+            )
+        _check_unique(pd.Index(resolved), "genes=", "the gene list")
+        return resolved
 
     def _column_map(self, source: Source) -> np.ndarray | None:
         """File gene position -> store gene position (-1: dropped); None when identical."""
@@ -247,6 +295,14 @@ class CellStore:
         codes = pd.Categorical(
             as_text.map(lambda v: None if v is None else str(v)), categories=categories
         ).codes
+        missing = int(values.isna().sum())
+        if missing:
+            warnings.warn(
+                f"obs column {column!r} ({name}_n): {missing} of {len(values)} cells have no "
+                "value (NaN); their code is -1, so statistics grouped by it use the global "
+                "ones for them",
+                stacklevel=4,
+            )
         return codes.astype(np.int64)
 
     def set_categories(self, categories: Mapping[str, Sequence[str]]) -> None:
@@ -289,6 +345,7 @@ class CellStore:
                     complete=complete,
                     integer=source_integer,
                     minimum=float(values.min()) if values.size else 0.0,
+                    maximum=float(values.max()) if values.size else 0.0,
                 )
             )
             integer &= source_integer
@@ -296,6 +353,9 @@ class CellStore:
             # inherit; reads reopen lazily.
             source.close()
         is_counts = bool(integer) if counts == "auto" else bool(counts)
+        if is_counts:
+            for check in self.value_checks:
+                _check_count_range(check.maximum, check.source)
         described = "; ".join(check.describe() for check in self.value_checks)
         if counts == "auto":
             conclusion = (
@@ -315,6 +375,11 @@ class CellStore:
         checks = self.value_checks
         if source_index < len(checks) and checks[source_index].complete:
             return
+        if self.is_counts and block.data.size:
+            largest = int(np.argmax(block.data))
+            row_id = np.searchsorted(block.indptr, largest, side="right") - 1
+            where = f"{self.sources[source_index].where} (row {int(local_rows[row_id])})"
+            _check_count_range(float(block.data[largest]), where)
         if block.data.dtype.kind == "u" or block.data.dtype.kind == "b":
             return
         source = self.sources[source_index]
@@ -497,6 +562,16 @@ def _check_array(
     return False
 
 
+def _check_count_range(maximum: float, where: str) -> None:
+    """Counts travel as int32 (``counts_ng``); a larger count would wrap around, so refuse it."""
+    if maximum > INT32_MAX:
+        raise DataFileError(
+            f"{where}: found a count of {maximum:.0f}, beyond the int32 range of counts_ng "
+            f"(at most {INT32_MAX:,}); expected UMI or read counts per gene and cell. If these "
+            "are not counts, pass counts=False (float32 values)"
+        )
+
+
 def check_values(values: np.ndarray, where: str, *, require_integer: bool) -> bool:
     """Public form of the store's value check, for code that builds batches from other inputs
     (e.g. the seed-compatible loaders' items): raises ``DataFileError`` naming ``where`` on
@@ -504,7 +579,10 @@ def check_values(values: np.ndarray, where: str, *, require_integer: bool) -> bo
     every value is an integer."""
     values = np.asarray(values)
     _check_dtype_kind(values.dtype, where)
-    return _check_array(values, where, require_integer=require_integer, scope="values")
+    integer = _check_array(values, where, require_integer=require_integer, scope="values")
+    if require_integer and values.size:
+        _check_count_range(float(values.max()), where)
+    return integer
 
 
 def _check_unique(names: pd.Index, where: str, what: str) -> None:

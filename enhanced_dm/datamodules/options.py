@@ -25,6 +25,7 @@ STORE_OPTIONS = (
     "layer",
     "genes",
     "gene_join",
+    "missing_genes",
     "total_counts_key",
     "counts",
 )
@@ -86,6 +87,12 @@ BASE_OPTIONS: tuple[Option, ...] = (
     Option("total_counts_key", None, str | None, "obs column of library sizes over all genes."),
     Option("genes", None, Sequence[str] | None, "Restrict / order the genes (var names)."),
     Option("gene_join", "outer", Literal["outer", "inner"], "Gene space across files."),
+    Option(
+        "missing_genes",
+        "error",
+        Literal["error", "zeros"],
+        "genes= names not in the data: error, or all-zero columns.",
+    ),
     Option("layer", None, str | None, "Read this layer instead of X."),
     Option("counts", "auto", bool | Literal["auto"], "Whether the values are raw counts."),
     # ---------------------------------------------------------------------------- split

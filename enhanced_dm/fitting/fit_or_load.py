@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "statistics_key",
 ]
 
+logger = logging.getLogger(__name__)
 STATE_VERSION = 1
 """Version of the DataModule state and of the statistics cache key."""
 
@@ -135,6 +137,7 @@ def fit_or_load(
         cached, path = _broadcast_from_rank_zero((cached, path))
     if cached is not None:
         load_fitted_states(pipeline, cached)
+        logger.info("fitted statistics loaded from the cache %s (no fitting pass)", path)
         return path
     batches = train_batches(rank, world_size)
     states = fit_pipeline(
@@ -147,4 +150,5 @@ def fit_or_load(
     )
     if cache is not None and rank == 0:
         path = cache.save(cache_key, states)
+        logger.info("fitted statistics written to the cache %s", path)
     return _broadcast_from_rank_zero(path) if world_size > 1 else path

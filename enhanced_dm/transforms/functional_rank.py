@@ -87,7 +87,8 @@ def quantile_map(
     above averaged (a value tied with several quantiles gets the middle of their levels), values
     within ``1e-7`` of the lowest (highest) quantile set to level 0 (1) for the normal output,
     exact ends for the uniform output, then ``norm.ppf`` and the clip. So, as in sklearn, every
-    value at a gene's minimum (the zeros of a gene not detected in every cell) maps to -5.1993. The level
+    value at a gene's minimum (the zeros of a gene not detected in every cell) maps to -5.1993,
+    and every value at its maximum to +5.1993 (the bounds are compared in float64). The level
     and its complement :math:`1 - u` are interpolated separately and :math:`\Phi^{-1}` is
     evaluated on the smaller one (``torch.special.ndtri``), so float32 keeps the tails sklearn
     computes in float64.
@@ -160,8 +161,11 @@ def _quantile_map_genes(
     one, zero = torch.ones_like(x_gn), torch.zeros_like(x_gn)
 
     if output_distribution == "normal":
-        at_top = x_gn + BOUNDS_THRESHOLD > last_g1
-        at_bottom = x_gn - BOUNDS_THRESHOLD < first_g1
+        # sklearn's bound rule, in float64 as sklearn evaluates it: in float32, x + 1e-7 rounds
+        # back to x for |x| >= 1, so values tied at a gene's maximum would miss the bound.
+        x64_gn = x_gn.to(torch.float64)
+        at_top = x64_gn + BOUNDS_THRESHOLD > last_g1.to(torch.float64)
+        at_bottom = x64_gn - BOUNDS_THRESHOLD < first_g1.to(torch.float64)
     else:
         at_top, at_bottom = x_gn == last_g1, x_gn == first_g1
     level = torch.where(at_bottom, zero, torch.where(at_top, one, level))

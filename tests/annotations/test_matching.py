@@ -20,11 +20,15 @@ def test_indices_are_case_insensitive_unique_sorted_int64() -> None:
     assert matcher.indices([]).tolist() == []
 
 
-def test_symbol_naming_several_data_genes_maps_to_all() -> None:
-    ensembl = ["ENSG1", "ENSG2", "ENSG3", "ENSG4"]
-    symbols = pd.Series(["TP53", "PINX1", np.nan, "pinx1"], index=ensembl)
+def test_symbol_naming_several_data_genes_maps_to_all_unless_spelled_exactly() -> None:
+    ensembl = ["ENSG1", "ENSG2", "ENSG3", "ENSG4", "ENSG5"]
+    symbols = pd.Series(["TP53", "PINX1", np.nan, "pinx1", "TP53"], index=ensembl)
     matcher = GeneMatcher(pd.Index(ensembl), symbols)
-    assert matcher.indices(["PINX1"]).tolist() == [1, 3]
+    assert matcher.indices(["Pinx1"]).tolist() == [1, 3]  # no exact spelling: every case variant
+    assert matcher.indices(["PINX1"]).tolist() == [1]  # exact spellings win
+    assert matcher.indices(["pinx1"]).tolist() == [3]
+    assert matcher.indices(["TP53"]).tolist() == [0, 4]  # a duplicated symbol: both genes
+    assert matcher.is_ambiguous("PINX1") and not matcher.is_ambiguous("TP53")
     # The ids themselves still match, and missing symbols match nothing.
     assert matcher.indices(["ensg3", "nan", ""]).tolist() == [2]
 

@@ -129,10 +129,14 @@ def assert_robust_close(actual: np.ndarray, x: np.ndarray, codes: np.ndarray | N
 
 
 def sklearn_quantile(x: np.ndarray, output_distribution: str = "normal") -> np.ndarray:
+    """sklearn on float64 values: sklearn evaluates its bound rule (``x + 1e-7 > max``) in the
+    input's dtype, and in float32 ``x + 1e-7`` rounds back to ``x`` above 1, so on float32 input
+    values tied at a gene's maximum miss the upper bound. float64 (what scanpy's matrices are)
+    applies the rule as meant; enhanced-dm compares its bounds in float64 too."""
     transformer = QuantileTransformer(n_quantiles=1000, output_distribution=output_distribution)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # n_quantiles > n_samples: sklearn lowers it
-        return transformer.fit_transform(x)
+        return transformer.fit_transform(x.astype(np.float64))
 
 
 def untied(x: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -114,3 +114,27 @@ def test_quantile_takes_sparse_rows_as_the_pipeline_sends_them(x_subset: np.ndar
     metric.update(batch)
     transform.load_fitted(metric.compute())
     np.testing.assert_array_equal(transform(batch)["x_ng"].numpy(), expected)
+
+
+@pytest.mark.parametrize("output_distribution", ["normal", "uniform"])
+def test_values_tied_at_a_genes_maximum_map_to_the_upper_bound_as_sklearn(
+    x_subset: np.ndarray, output_distribution: str
+) -> None:
+    """sklearn's bound rule at BOTH ends, on 343 cells (fewer than n_quantiles=1000, so sklearn
+    fits min(1000, 343) quantiles): every value equal to a gene's fitted maximum maps to the
+    upper bound (+5.1993 for "normal", 1 for "uniform"), however many cells share it."""
+    x = x_subset
+    assert x.shape[0] < 1000
+    tied_max = (x == x.max(axis=0)).sum(axis=0) > 1
+    tied_max &= x.max(axis=0) > 1.0  # where float32 x + 1e-7 == x
+    assert tied_max.sum() >= 2, "the real data should hold genes with a tied maximum"
+    y = fit_and_apply(
+        QuantileNormalize(x.shape[1], output_distribution=output_distribution), {"x_ng": x}
+    )
+    expected = sklearn_quantile(x, output_distribution)
+    at_ends = (x == x.max(axis=0)) | (x == x.min(axis=0))
+    np.testing.assert_allclose(y[at_ends], expected[at_ends], rtol=0, atol=1e-5)
+    top = 5.1993 if output_distribution == "normal" else 1.0
+    np.testing.assert_allclose(
+        y[:, tied_max][x[:, tied_max] == x.max(axis=0)[tied_max]], top, atol=1e-4
+    )
