@@ -96,9 +96,9 @@ class EnhancedCollateLoader:
             batch = collate_cells(
                 [self._as_batch(item, position) for position, item in enumerate(items)]
             )
-        batch["batch_index"] = self._batches
+        stamped: dict[str, Any] = {**batch, "batch_index": self._batches}
         self._batches += 1
-        return self.datamodule.normalize(batch, stage="train" if self.training else "predict")
+        return self.datamodule.normalize(stamped, stage="train" if self.training else "predict")
 
     def _as_batch(self, item: Any, position: int) -> dict[str, torch.Tensor]:
         if isinstance(item, dict) and "counts_ng" in item:

@@ -83,12 +83,17 @@ class Component:
         if "options" in cls.__dict__ and "__init__" not in cls.__dict__:
             # A constructor of the subclass's own, so its signature can name its options.
             def __init__(self: Component, *args: Any, **options: Any) -> None:
-                super(cls, self).__init__(*args, **options)  # type: ignore[misc]
+                super(cls, self).__init__(*args, **options)
 
             __init__.__doc__ = cls.__doc__
             cls.__init__ = __init__  # type: ignore[method-assign]
         if "options" in cls.__dict__:
             declared_signature(cls.__init__, cls.options, keyword_only=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # Declared options are set as attributes in __init__; this tells type checkers so
+        # (attributes missing at run time still raise AttributeError).
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def option_values(self) -> dict[str, Any]:
         """The declared options' current values."""

@@ -264,7 +264,7 @@ class StampedSampler(DistributedSampler):
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[BatchRequest]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[BatchRequest]:
         epoch, index = self.sampler.epoch, self.sampler.start_batch
         for item in self.sampler:
             yield BatchRequest(item, epoch, index)

@@ -51,7 +51,7 @@ def _digest(indices: np.ndarray) -> str:
 
 
 def statistics_key(
-    store_fingerprint: str,
+    store_fingerprint: Sequence[str],
     var_names: Sequence[str],
     categories: Mapping[str, Sequence[str]],
     is_counts: bool,
