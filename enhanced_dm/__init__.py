@@ -1,9 +1,18 @@
 """enhanced-dm: Lightning DataModules that feed single-cell RNA-seq to PyTorch models."""
 
 from enhanced_dm.callbacks import NormalizationStatsCallback
-from enhanced_dm.components import CompartmentComponent, Component, PathwayComponent
+from enhanced_dm.components import (
+    CompartmentComponent,
+    Component,
+    PathwayComponent,
+    RegulatoryComponent,
+)
 from enhanced_dm.data import BlockShuffleSampler, CellStore
-from enhanced_dm.datamodules import BaseEnhancedDataModule, HierarchicalDataModule
+from enhanced_dm.datamodules import (
+    BaseEnhancedDataModule,
+    HierarchicalDataModule,
+    RegulatoryDataModule,
+)
 from enhanced_dm.errors import (
     AnnotationFileError,
     ConfigError,
@@ -12,7 +21,7 @@ from enhanced_dm.errors import (
     FittingError,
     NonFiniteOutputError,
 )
-from enhanced_dm.loaders import BaseEnhancedLoader, HierarchicalDataLoader
+from enhanced_dm.loaders import BaseEnhancedLoader, HierarchicalDataLoader, RegulatoryDataLoader
 
 __all__ = [
     "AnnotationFileError",
@@ -31,4 +40,7 @@ __all__ = [
     "NonFiniteOutputError",
     "NormalizationStatsCallback",
     "PathwayComponent",
+    "RegulatoryComponent",
+    "RegulatoryDataLoader",
+    "RegulatoryDataModule",
 ]

@@ -184,3 +184,16 @@ class HierarchicalDataLoader(EnhancedCollateLoader):
     ``get_pathway_stats()`` and ``get_compartment_stats()`` delegate to it."""
 
     datamodule_class = HierarchicalDataModule
+
+
+from enhanced_dm.datamodules.regulatory import RegulatoryDataModule  # noqa: E402
+
+__all__ += ["RegulatoryDataLoader"]
+
+
+class RegulatoryDataLoader(EnhancedCollateLoader):
+    """Collate-style twin of :class:`~enhanced_dm.datamodules.regulatory.RegulatoryDataModule`
+    (``interaction_matrix_file``, ``gene_type_annotation_file``,
+    ``regulatory_strength_threshold``, ... as there); ``get_regulatory_stats()`` delegates."""
+
+    datamodule_class = RegulatoryDataModule

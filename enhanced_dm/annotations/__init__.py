@@ -5,17 +5,19 @@ bad line, its line number) for any content it cannot read, and no other exceptio
 """
 
 from enhanced_dm.annotations.compartments import read_gene_compartments
-from enhanced_dm.annotations.gene_list import read_gene_list
+from enhanced_dm.annotations.gene_list import read_gene_list, read_gene_types
 from enhanced_dm.annotations.gmt import GeneSet, read_gmt
 from enhanced_dm.annotations.matching import GeneMatcher, MembershipResult
-from enhanced_dm.annotations.network import read_network
+from enhanced_dm.annotations.network import load_network, read_network
 
 __all__ = [
     "GeneMatcher",
     "GeneSet",
+    "load_network",
     "MembershipResult",
     "read_gene_compartments",
     "read_gene_list",
+    "read_gene_types",
     "read_gmt",
     "read_network",
 ]

@@ -1,4 +1,5 @@
-"""Read plain gene lists (one symbol a line), such as the bundled list of transcription factors."""
+"""Read plain gene lists (one symbol a line), such as the bundled list of transcription factors,
+and gene type tables (gene, TF | target)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 from enhanced_dm.annotations._lines import preview, read_lines
 from enhanced_dm.errors import AnnotationFileError
 
-__all__ = ["read_gene_list"]
+__all__ = ["GENE_TYPES", "read_gene_list", "read_gene_types"]
+
+GENE_TYPES = ("tf", "target", "both")
 
 
 def read_gene_list(path: str | os.PathLike[str]) -> list[str]:
@@ -34,3 +37,37 @@ def read_gene_list(path: str | os.PathLike[str]) -> list[str]:
     if not symbols:
         raise AnnotationFileError(path, "the file holds no gene symbols, only comments")
     return list(symbols)
+
+
+def read_gene_types(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Gene -> ``"tf"``, ``"target"`` or ``"both"`` from a gene type file.
+
+    Either a plain list of TF symbols (:func:`read_gene_list`: every gene listed is a TF), or a
+    two-column table (tab or comma; a header line ``gene<TAB>type`` is skipped) whose second
+    column is ``TF``, ``target`` or ``both`` (any case). A gene listed as TF and as target is
+    ``"both"``. A row with another type is an error naming its line.
+    """
+    lines = [line for line in read_lines(path) if line.text.split("#", 1)[0].strip()]
+    if not lines:
+        raise AnnotationFileError(path, "the file holds no genes, only comments")
+    first = lines[0].text
+    if "\t" not in first and "," not in first:
+        return dict.fromkeys(read_gene_list(path), "tf")
+    delimiter = "\t" if "\t" in first else ","
+    types: dict[str, str] = {}
+    for index, line in enumerate(lines):
+        cells = [cell.strip() for cell in line.text.split("#", 1)[0].split(delimiter)]
+        if len(cells) < 2 or not cells[0]:
+            raise AnnotationFileError(
+                path, f"expected gene{delimiter!r}type, found {preview(line.text)}", line.number
+            )
+        kind = cells[1].casefold()
+        if index == 0 and kind not in GENE_TYPES:
+            continue  # a header
+        if kind not in GENE_TYPES:
+            raise AnnotationFileError(
+                path, f"gene type {cells[1]!r} is not TF, target or both", line=line.number
+            )
+        previous = types.get(cells[0])
+        types[cells[0]] = kind if previous in (None, kind) else "both"
+    return types

@@ -3,6 +3,7 @@
 from enhanced_dm.components.base import Component
 from enhanced_dm.components.compartments import CompartmentComponent
 from enhanced_dm.components.pathways import GeneSetComponent, GeneSetSelection, PathwayComponent
+from enhanced_dm.components.regulatory import RegulatoryComponent
 
 __all__ = [
     "CompartmentComponent",
@@ -10,4 +11,5 @@ __all__ = [
     "GeneSetComponent",
     "GeneSetSelection",
     "PathwayComponent",
+    "RegulatoryComponent",
 ]

@@ -31,6 +31,7 @@ from enhanced_dm.transforms.base import Batch, Transform
 if TYPE_CHECKING:
     from enhanced_dm.data.sampler import ResumableBatchSampler
     from enhanced_dm.data.store import CellStore
+    from enhanced_dm.transforms.build import PipelineSettings
     from enhanced_dm.transforms.context import StepContext
 
 __all__ = ["SLOTS", "Component", "ComponentSet", "Slot"]
@@ -50,6 +51,8 @@ class Component:
       constructor takes exactly these (positionally in this order, or by name), validates them
       and stores each as an attribute. DataModules built from components expose them too.
     * ``obs_columns()``: obs columns it needs in the batch (batch name -> obs column).
+    * ``configure(settings)``: the DataModule's :class:`~enhanced_dm.transforms.build.
+      PipelineSettings`, before ``setup`` (for components that build normalizations).
     * ``setup(store)``: read files, build constants; called once, before fitting.
     * ``transforms()``: ``(name, transform, slot)`` triples (slots: module docstring).
     * ``config()``: what changes fitted statistics (enters the statistics cache key).
@@ -102,6 +105,10 @@ class Component:
     # ------------------------------------------------------------------------------- hooks
     def obs_columns(self) -> dict[str, str]:
         return {}
+
+    def configure(self, settings: PipelineSettings) -> None:
+        """The DataModule's normalization settings (type, grouping, options), given before
+        ``setup`` to components that build gene-wise normalizations of their own."""
 
     def setup(self, store: CellStore) -> None:
         """Read annotation files and build constants on ``store``'s gene space."""

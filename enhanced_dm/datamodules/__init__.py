@@ -2,5 +2,6 @@
 
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 from enhanced_dm.datamodules.hierarchical import HierarchicalDataModule
+from enhanced_dm.datamodules.regulatory import RegulatoryDataModule
 
-__all__ = ["BaseEnhancedDataModule", "HierarchicalDataModule"]
+__all__ = ["BaseEnhancedDataModule", "HierarchicalDataModule", "RegulatoryDataModule"]

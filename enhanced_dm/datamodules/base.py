@@ -156,7 +156,9 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             self.split = make_split(
                 self.store, **{name: self.options[name] for name in SPLIT_OPTIONS}
             )
+            settings = self.pipeline_settings()
             for component in self.components:
+                component.configure(settings)
                 component.setup(self.store)
             # Running state lives in what the components' setup builds: load it after.
             self.components.load_running_state((self._pending_state or {}).get("running", {}))
