@@ -258,6 +258,24 @@ class TFActivity(FittableTransform):
         self.active_weight_e = self.weight_e * self.detected_g[self.gene_index_e]
         self.fitted = True
 
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(regulators x target genes CSR float64, the target genes): the edges to detected
+        genes, columns remapped onto their target genes (ascending). Built per call from the
+        buffers (a few index operations), so ``.to(device)`` moves everything."""
+        keep_e = self.active_weight_e != 0
+        rows_e, genes_e = self.regulator_index_e[keep_e], self.gene_index_e[keep_e]
+        target_genes_t, columns_e = torch.unique(genes_e, return_inverse=True)
+        crow = torch.zeros(self.n_regulators + 1, dtype=torch.int64, device=rows_e.device)
+        crow[1:] = torch.cumsum(torch.bincount(rows_e, minlength=self.n_regulators), 0)
+        weights_rt = torch.sparse_csr_tensor(
+            crow,
+            columns_e,
+            self.active_weight_e[keep_e].to(torch.float64),
+            (self.n_regulators, int(target_genes_t.shape[0])),
+            check_invariants=False,
+        )
+        return weights_rt, target_genes_t
+
     def fitted_state(self) -> dict[str, torch.Tensor]:
         return {"detected_g": self.detected_g.detach().cpu().clone()}
 
@@ -270,23 +288,11 @@ class TFActivity(FittableTransform):
         self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
     ) -> Batch:
         x_ng = batch[self.key]
+        weights_rt, target_genes_t = self.weights()
         if self.method == "ulm":
-            activity = F.ulm(
-                x_ng,
-                self.detected_g,
-                self.regulator_index_e,
-                self.gene_index_e,
-                self.active_weight_e,
-                self.n_regulators,
-            )
+            activity = F.ulm(x_ng, self.detected_g, weights_rt, target_genes_t)
         else:
-            activity = F.weighted_mean(
-                x_ng,
-                self.regulator_index_e,
-                self.gene_index_e,
-                self.active_weight_e,
-                self.n_regulators,
-            )
+            activity = F.weighted_mean(x_ng, weights_rt, target_genes_t)
         return {self.output_key: activity}
 
     def __repr__(self) -> str:
