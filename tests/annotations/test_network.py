@@ -53,12 +53,21 @@ def test_explicit_weight_column_must_exist(write_file: WriteFile) -> None:
 
 
 def test_missing_source_column_lists_the_header(write_file: WriteFile) -> None:
-    path = write_file("n.tsv", "gene\tpathway\tweight\nG1\tP1\t1\n")
+    path = write_file("n.tsv", "gene\tregulator\tweight\nG1\tP1\t1\n")
     with pytest.raises(
         AnnotationFileError,
-        match=r":1: header has no source column 'source'; its columns are \['gene', 'pathway'",
+        match=r":1: header has no source column 'source'; its columns are \['gene', 'regulator'",
     ):
         read_network(path)
+
+
+def test_progeny_layout_reads_pathway_to_gene(write_file: WriteFile) -> None:
+    path = write_file("p.tsv", "gene\tpathway\tweight\tp.value\nG1\tP1\t-2.5\t0.01\n")
+    assert read_network(path).to_dict("list") == {
+        "source": ["P1"],
+        "target": ["G1"],
+        "weight": [-2.5],
+    }
 
 
 @pytest.mark.parametrize("weight", ["high", "nan", "inf", ""])

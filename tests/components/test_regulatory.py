@@ -155,7 +155,10 @@ def test_threshold_min_targets_duplicates_and_malformed_rows(tmp_path: Path) -> 
     assert strict.get_regulatory_stats()["regulators_dropped"]["fewer_than_min_targets"] >= 1
     repeated = tmp_path / "repeated.tsv"
     repeated.write_text("source\ttarget\tweight\nTF1\tCD4\t1\nTF1\tCD4\t2\n")
-    with pytest.raises(AnnotationFileError, match=r"repeated\.tsv:3: duplicate edge .TF1. -> .CD4. \(first on line 2\)"):
+    with pytest.raises(
+        AnnotationFileError,
+        match=r"repeated\.tsv:3: duplicate edge .TF1. -> .CD4. \(first on line 2\)",
+    ):
         load_network(repeated)
     malformed = tmp_path / "malformed.tsv"
     malformed.write_text("source\ttarget\tweight\nTF1\tCD4\tstrong\n")
@@ -243,3 +246,28 @@ def test_constants_and_state_round_trip(progeny: pd.DataFrame) -> None:
     restored.setup("fit")  # the network comes from the state: the file is not read
     batch = dm.store.read(np.arange(32))
     assert_same(restored.normalize(batch), dm.normalize(batch), "restored")
+
+
+def test_gene_type_files_set_the_gene_types(tmp_path: Path, tf_pathway_commons) -> None:
+    from enhanced_dm.annotations import read_gene_types
+
+    tf_list = read_gene_types(shared_data(TF_LIST))
+    assert set(tf_list.values()) == {"tf"} and len(tf_list) > 1000
+    table = tmp_path / "types.tsv"
+    table.write_text("gene\ttype\nCD4\ttarget\nCD4\tTF\nIRF1\tTF\nIL7R\ttarget\n")
+    assert read_gene_types(table) == {"CD4": "both", "IRF1": "tf", "IL7R": "target"}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("gene\ttype\nCD4\tenhancer\n")
+    with pytest.raises(AnnotationFileError, match=r"bad\.tsv:2: gene type 'enhancer'"):
+        read_gene_types(bad)
+    loader = RegulatoryDataLoader(
+        {"data": str(shared_data(PBMC))},
+        interaction_matrix_file=tf_pathway_commons,
+        gene_type_annotation_file=str(table),
+        regulatory_strength_threshold=0.5,
+        progress=False,
+    )
+    dm = loader.datamodule
+    codes = dict(zip(dm.var_names, dm.gene_type_g.tolist(), strict=True))
+    assert (codes["CD4"], codes["IRF1"], codes["IL7R"]) == (3, 2, 1)
+    assert sum(code > 0 for code in codes.values()) == 3  # the file, not the network, decides
