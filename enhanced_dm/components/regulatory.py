@@ -221,8 +221,10 @@ class TFActivity(FittableTransform):
     mean, :func:`~enhanced_dm.transforms.functional_context.weighted_mean`), from ``key``.
 
     Fitted: the genes detected in at least one train cell (decoupler drops genes with no count
-    from the matrix it is given, and regresses over the rest); edges to other genes weigh 0.
-    One sparse-dense product per batch, no loop over cells or regulators.
+    from the matrix it is given, and regresses over the rest); edges to other genes are left
+    out. One sparse-dense product per batch, no loop over cells or regulators. The regulators x
+    target genes CSR of the kept edges is built once per fit, as buffers (``.to(device)`` moves
+    it), not per batch.
     """
 
     reads_counts = False  # the detection metric reads counts_ng in either layout
@@ -230,7 +232,10 @@ class TFActivity(FittableTransform):
     gene_index_e: torch.Tensor
     weight_e: torch.Tensor
     detected_g: torch.Tensor
-    active_weight_e: torch.Tensor
+    weight_crow_r: torch.Tensor
+    weight_column_k: torch.Tensor
+    weight_value_k: torch.Tensor
+    target_genes_t: torch.Tensor
 
     def __init__(
         self, network: RegulatoryNetwork, method: ActivityMethod, key: str = "x_log_ng"
@@ -245,7 +250,9 @@ class TFActivity(FittableTransform):
         self.register_buffer("gene_index_e", network.gene_index_e.clone())
         self.register_buffer("weight_e", network.weight_e.clone())
         self.register_buffer("detected_g", torch.ones(network.n_genes, dtype=torch.bool))
-        self.register_buffer("active_weight_e", network.weight_e.clone())
+        for name in ("weight_crow_r", "weight_column_k", "weight_value_k", "target_genes_t"):
+            self.register_buffer(name, torch.zeros(0))
+        self._build_weights()
 
     def config(self) -> dict[str, Any]:
         return {"method": self.method, "key": self.key}
@@ -255,26 +262,22 @@ class TFActivity(FittableTransform):
 
     def load_fitted(self, result: Mapping[str, torch.Tensor]) -> None:
         self.detected_g = (result["detected_cells_g"] > 0).to(self.detected_g.device)
-        self.active_weight_e = self.weight_e * self.detected_g[self.gene_index_e]
+        self._build_weights()
         self.fitted = True
 
-    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(regulators x target genes CSR float64, the target genes): the edges to detected
-        genes, columns remapped onto their target genes (ascending). Built per call from the
-        buffers (a few index operations), so ``.to(device)`` moves everything."""
-        keep_e = self.active_weight_e != 0
-        rows_e, genes_e = self.regulator_index_e[keep_e], self.gene_index_e[keep_e]
-        target_genes_t, columns_e = torch.unique(genes_e, return_inverse=True)
-        crow = torch.zeros(self.n_regulators + 1, dtype=torch.int64, device=rows_e.device)
-        crow[1:] = torch.cumsum(torch.bincount(rows_e, minlength=self.n_regulators), 0)
-        weights_rt = torch.sparse_csr_tensor(
-            crow,
-            columns_e,
-            self.active_weight_e[keep_e].to(torch.float64),
-            (self.n_regulators, int(target_genes_t.shape[0])),
-            check_invariants=False,
+    def _build_weights(self) -> None:
+        """The kept edges (non-zero weight, detected target) as regulators x target genes CSR
+        parts (float64 values; ``k`` indexes kept edges, columns remapped onto the ascending
+        target genes ``target_genes_t``)."""
+        keep_e = (self.weight_e != 0) & self.detected_g[self.gene_index_e]
+        rows_k = self.regulator_index_e[keep_e]
+        self.target_genes_t, self.weight_column_k = torch.unique(
+            self.gene_index_e[keep_e], return_inverse=True
         )
-        return weights_rt, target_genes_t
+        crow_r = torch.zeros(self.n_regulators + 1, dtype=torch.int64, device=rows_k.device)
+        crow_r[1:] = torch.cumsum(torch.bincount(rows_k, minlength=self.n_regulators), 0)
+        self.weight_crow_r = crow_r
+        self.weight_value_k = self.weight_e[keep_e].to(torch.float64)
 
     def fitted_state(self) -> dict[str, torch.Tensor]:
         return {"detected_g": self.detected_g.detach().cpu().clone()}
@@ -288,11 +291,17 @@ class TFActivity(FittableTransform):
         self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
     ) -> Batch:
         x_ng = batch[self.key]
-        weights_rt, target_genes_t = self.weights()
+        weights_rt = torch.sparse_csr_tensor(
+            self.weight_crow_r,
+            self.weight_column_k,
+            self.weight_value_k,
+            (self.n_regulators, int(self.target_genes_t.shape[0])),
+            check_invariants=False,
+        )
         if self.method == "ulm":
-            activity = F.ulm(x_ng, self.detected_g, weights_rt, target_genes_t)
+            activity = F.ulm(x_ng, self.detected_g, weights_rt, self.target_genes_t)
         else:
-            activity = F.weighted_mean(x_ng, weights_rt, target_genes_t)
+            activity = F.weighted_mean(x_ng, weights_rt, self.target_genes_t)
         return {self.output_key: activity}
 
     def __repr__(self) -> str:

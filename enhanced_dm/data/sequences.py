@@ -69,9 +69,9 @@ def to_sequences(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     rows_ns = layout_ns.clamp(min=0)
     out: dict[str, torch.Tensor] = {}
     for key, value in batch.items():
-        new_key = _sequence_key(key) if key != SEQUENCE_ROW_KEY else None
         if key == SEQUENCE_ROW_KEY:
             continue
+        new_key = _sequence_key(key)
         if new_key is None or not torch.is_tensor(value) or value.dim() == 0:
             out[key] = value
             continue

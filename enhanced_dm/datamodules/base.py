@@ -163,13 +163,12 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             # Running state lives in what the components' setup builds: load it after.
             self.components.load_running_state((self._pending_state or {}).get("running", {}))
         if self.pipeline is None:
-            self.pipeline = build_pipeline(
-                self.pipeline_settings(), self.store.n_genes, self.components
-            )
+            settings = self.pipeline_settings()
+            self.pipeline = build_pipeline(settings, self.store.n_genes, self.components)
             self.monitor = PipelineMonitor(
                 self.pipeline, self.nan_policy, n_genes=self.store.n_genes
             )
-            warn_if_counts_needed(self.pipeline_settings(), self.store)
+            warn_if_counts_needed(settings, self.store)
             self._sampler(self.split["train"], shuffle=True)  # refuses two sampler owners now
             if not self._resuming_from_checkpoint():
                 self._ensure_fitted()
