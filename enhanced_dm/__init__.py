@@ -6,12 +6,14 @@ from enhanced_dm.components import (
     Component,
     PathwayComponent,
     RegulatoryComponent,
+    ResourceComponent,
 )
 from enhanced_dm.data import BlockShuffleSampler, CellStore
 from enhanced_dm.datamodules import (
     BaseEnhancedDataModule,
     HierarchicalDataModule,
     RegulatoryDataModule,
+    ResourceDataModule,
 )
 from enhanced_dm.errors import (
     AnnotationFileError,
@@ -21,7 +23,12 @@ from enhanced_dm.errors import (
     FittingError,
     NonFiniteOutputError,
 )
-from enhanced_dm.loaders import BaseEnhancedLoader, HierarchicalDataLoader, RegulatoryDataLoader
+from enhanced_dm.loaders import (
+    BaseEnhancedLoader,
+    HierarchicalDataLoader,
+    RegulatoryDataLoader,
+    ResourceDataLoader,
+)
 
 __all__ = [
     "AnnotationFileError",
@@ -43,4 +50,7 @@ __all__ = [
     "RegulatoryComponent",
     "RegulatoryDataLoader",
     "RegulatoryDataModule",
+    "ResourceComponent",
+    "ResourceDataLoader",
+    "ResourceDataModule",
 ]

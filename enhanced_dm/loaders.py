@@ -197,3 +197,17 @@ class RegulatoryDataLoader(EnhancedCollateLoader):
     ``regulatory_strength_threshold``, ... as there); ``get_regulatory_stats()`` delegates."""
 
     datamodule_class = RegulatoryDataModule
+
+
+from enhanced_dm.datamodules.resource import ResourceDataModule  # noqa: E402
+
+__all__ += ["ResourceDataLoader"]
+
+
+class ResourceDataLoader(EnhancedCollateLoader):
+    """Collate-style twin of :class:`~enhanced_dm.datamodules.resource.ResourceDataModule`
+    (``resource_dim``, ``num_resource_types``, ``energy_dim``, ``nutrient_dim``,
+    ``resource_efficiency_range``, ``regress_out``, ... as there); ``get_resource_stats()``
+    delegates."""
+
+    datamodule_class = ResourceDataModule

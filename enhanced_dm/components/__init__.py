@@ -4,6 +4,7 @@ from enhanced_dm.components.base import Component
 from enhanced_dm.components.compartments import CompartmentComponent
 from enhanced_dm.components.pathways import GeneSetComponent, GeneSetSelection, PathwayComponent
 from enhanced_dm.components.regulatory import RegulatoryComponent
+from enhanced_dm.components.resource import ResourceComponent
 
 __all__ = [
     "CompartmentComponent",
@@ -12,4 +13,5 @@ __all__ = [
     "GeneSetSelection",
     "PathwayComponent",
     "RegulatoryComponent",
+    "ResourceComponent",
 ]

@@ -3,5 +3,11 @@
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 from enhanced_dm.datamodules.hierarchical import HierarchicalDataModule
 from enhanced_dm.datamodules.regulatory import RegulatoryDataModule
+from enhanced_dm.datamodules.resource import ResourceDataModule
 
-__all__ = ["BaseEnhancedDataModule", "HierarchicalDataModule", "RegulatoryDataModule"]
+__all__ = [
+    "BaseEnhancedDataModule",
+    "HierarchicalDataModule",
+    "RegulatoryDataModule",
+    "ResourceDataModule",
+]
