@@ -9,9 +9,12 @@ A loader under test is a zero-argument callable that returns an iterator over on
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
+import multiprocessing
 import os
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +38,41 @@ class Minibatch:
 
 EpochFactory = Callable[[], Iterator[Minibatch]]
 NONZERO_SAMPLE_EVERY = 8
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def busy_neighbour(enabled: bool = True) -> Iterator[None]:
+    """A process spinning on one core for the duration of the block (when ``enabled``): real
+    training nodes are never idle, so speed is also measured beside a busy neighbour."""
+    if not enabled:
+        yield
+        return
+    neighbour = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+    neighbour.start()
+    try:
+        yield
+    finally:
+        neighbour.terminate()
+        neighbour.join()
+
+
+def machine(**versions: str) -> dict[str, Any]:
+    """Platform, CPU count, torch version and threads (torch imported here, not at module level:
+    the annbatch worker imports this module without it), plus ``versions`` of the peers."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpus": multiprocessing.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        **versions,
+    }
 
 
 def count_nonzeros(rows: Any) -> int:

@@ -15,7 +15,8 @@ weighted draw without replacement (weight :math:`m_g^{0.7}`, Gumbel top-k), so h
 are detected more often. Stored values are the nonzero counts (``1 +`` the draw), int32, CSR.
 
 obs holds ``cell_type`` (categorical) in contiguous blocks, the way atlases are laid out
-(``batch`` blocks, each sorted by cell type), and ``batch`` (categorical). The matrix is written
+(``batch`` blocks, each sorted by cell type), ``batch`` (categorical) and ``time`` (each batch
+one time point, 0, 24, 48, ... hours, for the temporal benchmark). The matrix is written
 with h5py straight into preallocated datasets, ``--chunk-cells`` rows at a time, so memory stays
 bounded (about ``chunk_cells * genes * 4`` bytes for the gene draw) whatever ``--cells`` is.
 """
@@ -134,6 +135,8 @@ def make_synthetic(
             "batch": pd.Categorical.from_codes(
                 batch_codes, [f"batch_{b}" for b in range(n_batches)]
             ),
+            # each library batch is one time point of a time course (hours)
+            "time": batch_codes.astype(np.float64) * 24.0,
         },
         index=pd.Index([f"cell_{c:07d}" for c in range(n_cells)]),
     )

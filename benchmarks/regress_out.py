@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import platform
 import resource
 import statistics
 import time
@@ -37,16 +36,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import busy_neighbour, machine
 
 DATA = Path(__file__).resolve().parent / "data" / "synthetic_100000x20000_2000.h5ad"
 MITO_PREFIX = ("gene_0000",)
 REGRESSED = ("log_total_counts", "pct_mito")
 BATCH = 256
-
-
-def _spin() -> None:
-    while True:
-        pass
 
 
 def _peak_rss_mb() -> float:
@@ -202,15 +197,11 @@ def main() -> None:
     arguments = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} is missing: run benchmarks/make_synthetic.py (see docstring)")
-    neighbour = None
-    if arguments.busy:
-        neighbour = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
-        neighbour.start()
     sizes = [int(size) for size in arguments.cells.split(",")]
     files = {size: str(subset_file(size)) for size in sizes}  # before the measurements
     gene_sets = str(synthetic_gene_sets(DATA.with_name("synthetic_resource_terms.gmt")))
     regressions = []
-    try:
+    with busy_neighbour(arguments.busy):
         for size in sizes:
             ours = in_own_process(enhanced_regress_out, files[size], gene_sets)
             print(size, "enhanced-dm", ours, flush=True)
@@ -227,9 +218,6 @@ def main() -> None:
             regressions.append(row)
         costs = per_batch_costs(str(DATA), gene_sets, arguments.batch_cells)
         print(costs, flush=True)
-    finally:
-        if neighbour is not None:
-            neighbour.terminate()
     from importlib.metadata import version
 
     arguments.out.write_text(
@@ -243,13 +231,7 @@ def main() -> None:
                     "regressed": list(REGRESSED),
                     "busy_neighbour": arguments.busy,
                 },
-                "environment": {
-                    "platform": platform.platform(),
-                    "cpus": multiprocessing.cpu_count(),
-                    "torch": torch.__version__,
-                    "scanpy": version("scanpy"),
-                    "torch_threads": torch.get_num_threads(),
-                },
+                "environment": machine(scanpy=version("scanpy")),
                 "regress_out": regressions,
                 "per_batch": costs,
             },

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -27,14 +25,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from common import busy_neighbour, machine
 
 N_GENES = 20_000
 BATCH = 256
-
-
-def _spin() -> None:
-    while True:
-        pass
 
 
 def synthetic_cells(n_cells: int, seed: int = 0) -> sp.csr_matrix:
@@ -135,12 +129,8 @@ def main() -> None:
         torch.set_num_threads(arguments.threads)
     x = synthetic_cells(arguments.cells)
     genes = [f"G{i}" for i in range(N_GENES)]
-    neighbour = None
-    if arguments.busy:
-        neighbour = multiprocessing.Process(target=_spin, daemon=True)
-        neighbour.start()
     rows: list[dict[str, Any]] = []
-    try:
+    with busy_neighbour(arguments.busy):
         nets = networks(genes, repo / "enhanced_dm/resources/progeny_human_top500.tsv")
         for name, net in nets.items():
             # decoupler's wmean is a numba loop over cells x regulators x genes (minutes for the
@@ -159,9 +149,6 @@ def main() -> None:
                     }
                 )
                 print(rows[-1], flush=True)
-    finally:
-        if neighbour is not None:
-            neighbour.terminate()
     table = "\n".join(
         [
             "| network | method | enhanced-dm cells/s | decoupler cells/s | ratio |",
@@ -185,13 +172,7 @@ def main() -> None:
                     "batch": BATCH,
                     "busy_neighbour": arguments.busy,
                 },
-                "environment": {
-                    "platform": platform.platform(),
-                    "cpus": multiprocessing.cpu_count(),
-                    "torch": torch.__version__,
-                    "decoupler": decoupler.__version__,
-                    "torch_threads": torch.get_num_threads(),
-                },
+                "environment": machine(decoupler=decoupler.__version__),
                 "rows": rows,
                 "markdown": table,
             },

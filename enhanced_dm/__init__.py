@@ -7,6 +7,7 @@ from enhanced_dm.components import (
     PathwayComponent,
     RegulatoryComponent,
     ResourceComponent,
+    TemporalComponent,
 )
 from enhanced_dm.data import BlockShuffleSampler, CellStore
 from enhanced_dm.datamodules import (
@@ -14,6 +15,7 @@ from enhanced_dm.datamodules import (
     HierarchicalDataModule,
     RegulatoryDataModule,
     ResourceDataModule,
+    TemporalDataModule,
 )
 from enhanced_dm.errors import (
     AnnotationFileError,
@@ -28,6 +30,7 @@ from enhanced_dm.loaders import (
     HierarchicalDataLoader,
     RegulatoryDataLoader,
     ResourceDataLoader,
+    TemporalDataLoader,
 )
 
 __all__ = [
@@ -53,4 +56,7 @@ __all__ = [
     "ResourceComponent",
     "ResourceDataLoader",
     "ResourceDataModule",
+    "TemporalComponent",
+    "TemporalDataLoader",
+    "TemporalDataModule",
 ]

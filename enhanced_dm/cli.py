@@ -395,6 +395,23 @@ def prepare(arguments: Sequence[str]) -> None:
     print(f"wrote {target} in {time.perf_counter() - started:.1f} s", flush=True)
 
 
+DATA_FOR_DATAMODULE = {"temporal": "hsmm_timecourse"}
+"""The data a DataModule runs on when the command line picks it but no ``data=``: the default
+(bundled PBMCs) has no time course. Hydra cannot switch the data group from a datamodule
+config (its override would have to come after the data group, whose options it must not
+overwrite), so the command adds the override."""
+
+
+def with_default_data(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` plus ``data=<its data>`` when they choose one DataModule of
+    :data:`DATA_FOR_DATAMODULE` and no data."""
+    chosen = [item.split("=", 1)[1] for item in overrides if item.startswith("datamodule=")]
+    picks_data = any(item.startswith(("data=", "+data=", "~data")) for item in overrides)
+    if len(chosen) == 1 and chosen[0] in DATA_FOR_DATAMODULE and not picks_data:
+        return [*overrides, f"data={DATA_FOR_DATAMODULE[chosen[0]]}"]
+    return list(overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``enhanced-dm`` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -415,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     hydra_main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     # The task travels as an override, so that the processes Lightning's DDP launcher starts (it
     # re-runs sys.argv) find it again.
-    sys.argv = [sys.argv[0], *overrides, f"task={task}"]
+    sys.argv = [sys.argv[0], *with_default_data(overrides), f"task={task}"]
     hydra_main(_task)()
 
 

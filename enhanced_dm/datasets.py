@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from enhanced_dm.errors import DataFileError
 
-__all__ = ["bundled_path", "h5ad_files", "pbmc68k"]
+__all__ = ["bundled_path", "h5ad_files", "hsmm_timecourse", "pbmc68k"]
 
 RESOURCES_DIR = Path(__file__).resolve().parent / "resources"
 
@@ -116,6 +116,22 @@ def h5ad_files(path: str | Path | Sequence[str | Path]) -> str | list[str]:
                 "data.path takes an .h5ad file or a list of them"
             )
     return resolved[0] if isinstance(path, str | Path) else resolved
+
+
+HSMM_TIMECOURSE_FILE = "hsmm_myoblast_timecourse_1000genes.h5ad"
+
+
+def hsmm_timecourse() -> anndata.AnnData:
+    """271 human skeletal myoblasts sampled at 0, 24, 48 and 72 hours of differentiation
+    (Trapnell et al. 2014), on their 1,000 most variable genes, as FPKM (NOT counts).
+
+    Shipped in ``enhanced_dm/resources/`` (Artistic-2.0; how it was made: its MANIFEST.md).
+    ``obs["Hours"]`` is the time course; also ``Pseudotime`` (Monocle), ``State`` (3),
+    ``Media`` and ``batch`` (the library plate, confounded with ``Hours``). var_names are
+    Ensembl ids, ``var["gene_short_name"]`` the symbols. Per-cell normalization and z-scores
+    apply; models of counts (Pearson residuals) refuse these values.
+    """
+    return anndata.read_h5ad(bundled_path(HSMM_TIMECOURSE_FILE))
 
 
 def bundled_path(name: str) -> Path:

@@ -211,3 +211,18 @@ class ResourceDataLoader(EnhancedCollateLoader):
     delegates."""
 
     datamodule_class = ResourceDataModule
+
+
+from enhanced_dm.datamodules.temporal import TemporalDataModule  # noqa: E402
+
+__all__ += ["TemporalDataLoader"]
+
+
+class TemporalDataLoader(EnhancedCollateLoader):
+    """Collate-style twin of :class:`~enhanced_dm.datamodules.temporal.TemporalDataModule`
+    (``time_steps``, ``max_sequence_length``, ``temporal_sampling_strategy``, ``time_key``, ...
+    as there); ``get_temporal_stats()`` delegates. With ``sequence_mode=True`` iterate
+    ``loader.batch_sampler(split)`` (sequences are built by the sampler, not by a collate
+    function)."""
+
+    datamodule_class = TemporalDataModule

@@ -238,3 +238,25 @@ def test_datamodule_yaml_values_pass_the_option_declarations(name: str) -> None:
         "cfg",
     }
     assert fields == declared
+
+
+def test_the_command_picks_the_time_course_for_the_temporal_datamodule() -> None:
+    from enhanced_dm.cli import with_default_data
+
+    assert with_default_data(["datamodule=temporal"]) == [
+        "datamodule=temporal",
+        "data=hsmm_timecourse",
+    ]
+    assert with_default_data(["datamodule=temporal", "data=path", "data.path=x.h5ad"])[-1] == (
+        "data.path=x.h5ad"
+    )
+    assert with_default_data(["datamodule=base"]) == ["datamodule=base"]
+
+
+def test_the_temporal_config_runs_on_the_bundled_time_course(tmp_path: Path) -> None:
+    with composed(["datamodule=temporal", "data=hsmm_timecourse"], tmp_path) as cfg:
+        datamodule = instantiate(cfg.datamodule)
+    datamodule.setup("fit")
+    batch = datamodule.normalize(next(iter(datamodule.train_dataloader())))
+    assert batch["time_step_n"].max() == 3 and datamodule.n_time_steps == 4
+    assert torch.isfinite(batch["fast_response_ng"]).all()

@@ -76,3 +76,18 @@ def test_bundled_path_names_what_is_available() -> None:
     assert (RESOURCES_DIR / "MANIFEST.md").is_file()
     with pytest.raises(DataFileError, match=r"no bundled file named 'nope\.gmt'"):
         bundled_path("nope.gmt")
+
+
+def test_the_bundled_time_course_is_a_gene_subset_of_the_shared_hsmm_file() -> None:
+    import anndata as ad
+    import numpy as np
+
+    from enhanced_dm.datasets import hsmm_timecourse
+    from tests.helpers import shared_data
+
+    bundled = hsmm_timecourse()
+    full = ad.read_h5ad(shared_data("singlecell/hsmm_myoblast_timecourse_fpkm.h5ad"))
+    assert bundled.shape == (271, 1000) and set(bundled.var_names) <= set(full.var_names)
+    same = full[:, bundled.var_names]
+    np.testing.assert_array_equal(bundled.X.toarray(), same.X.toarray().astype(np.float32))
+    assert bundled.obs["Hours"].tolist() == full.obs["Hours"].tolist()

@@ -5,6 +5,7 @@ from enhanced_dm.components.compartments import CompartmentComponent
 from enhanced_dm.components.pathways import GeneSetComponent, GeneSetSelection, PathwayComponent
 from enhanced_dm.components.regulatory import RegulatoryComponent
 from enhanced_dm.components.resource import ResourceComponent
+from enhanced_dm.components.temporal import TemporalComponent
 
 __all__ = [
     "CompartmentComponent",
@@ -14,4 +15,5 @@ __all__ = [
     "PathwayComponent",
     "RegulatoryComponent",
     "ResourceComponent",
+    "TemporalComponent",
 ]

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import numpy as np
+import torch
 
 from enhanced_dm.errors import ConfigError
 from enhanced_dm.options import Option, declared_signature, validate_options
@@ -34,10 +35,14 @@ if TYPE_CHECKING:
     from enhanced_dm.transforms.build import PipelineSettings
     from enhanced_dm.transforms.context import StepContext
 
-__all__ = ["SLOTS", "Component", "ComponentSet", "Slot"]
+__all__ = ["SLOTS", "Component", "ComponentSet", "NotSetUpError", "Slot"]
 
 Slot = Literal["counts", "per_cell", "gene_wise", "after_gene_wise"]
 SLOTS: tuple[str, ...] = get_args(Slot)
+
+
+class NotSetUpError(RuntimeError):
+    """A component asked for something its ``setup`` builds (e.g. a sampler over the data)."""
 
 
 class Component:
@@ -53,6 +58,8 @@ class Component:
     * ``obs_columns()``: obs columns it needs in the batch (batch name -> obs column).
     * ``configure(settings)``: the DataModule's :class:`~enhanced_dm.transforms.build.
       PipelineSettings`, before ``setup`` (for components that build normalizations).
+    * ``use_split(split)``: the DataModule's split (cell indices per split), before ``setup``
+      (for constants that depend on the train cells, e.g. time bins).
     * ``setup(store)``: read files, build constants; called once, before fitting.
     * ``transforms()``: ``(name, transform, slot)`` triples (slots: module docstring).
     * ``config()``: what changes fitted statistics (enters the statistics cache key).
@@ -62,7 +69,10 @@ class Component:
       in the train stage only, after the pipeline, on every DDP rank; it must leave every rank
       with the same state (:func:`~enhanced_dm.components.running.all_ranks_sum`). The state is
       saved in the DataModule's ``state_dict()["running"]``, never in the statistics cache.
-    * ``batch_sampler(indices, ...)``: replaces how cell indices become batches (e.g. sequences).
+    * ``batch_sampler(indices, ...)``: replaces how cell indices become batches (e.g. sequences);
+      raises :class:`NotSetUpError` when asked before ``setup`` if it needs the data.
+    * ``sequence_outputs(batch)``: keys computed from a batch of sequences once it has its
+      sequence layout (``*_ns`` keys, ``mask_ns``), e.g. attention masks over positions.
     """
 
     name: ClassVar[str] = "component"
@@ -110,6 +120,9 @@ class Component:
         """The DataModule's normalization settings (type, grouping, options), given before
         ``setup`` to components that build gene-wise normalizations of their own."""
 
+    def use_split(self, split: Mapping[str, np.ndarray]) -> None:
+        """The DataModule's split (``"train"``, ``"val"``, ``"test"`` -> cell indices)."""
+
     def setup(self, store: CellStore) -> None:
         """Read annotation files and build constants on ``store``'s gene space."""
 
@@ -154,6 +167,10 @@ class Component:
     ) -> ResumableBatchSampler | None:
         """A sampler of this component's items over ``indices``, or None (the DataModule's)."""
         return None
+
+    def sequence_outputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keys added to a batch of sequences after it is reshaped (none by default)."""
+        return {}
 
 
 class ComponentSet(list[Component]):
@@ -207,6 +224,13 @@ class ComponentSet(list[Component]):
                 "at most one may"
             )
         return owned[0][1] if owned else None
+
+    def sequence_outputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every component's :meth:`Component.sequence_outputs`, merged."""
+        out: dict[str, torch.Tensor] = {}
+        for component in self:
+            out.update(component.sequence_outputs(batch))
+        return out
 
     def update_running(self, batch: Batch, context: StepContext) -> None:
         for component in self:

@@ -219,6 +219,8 @@ class ResumableBatchSampler(Protocol):
     together) or an ``(n, s)`` int64 array of rows with -1 padding (a batch of sequences,
     :mod:`enhanced_dm.data.sequences`). ``len()`` counts batches; ``epoch`` is the epoch the next
     iteration draws, ``start_batch`` the batches of it that iteration skips (a resume).
+    A sampler whose items hold several cells may say how many (``cells_per_item``): the
+    fitting passes then read ``batch_size * cells_per_item`` cells per batch.
     Subclass :class:`torch.utils.data.DistributedSampler` (without calling its constructor) so
     Lightning does not wrap the sampler in another one under DDP.
     """

@@ -66,7 +66,10 @@ def to_sequences(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     layout_ns = batch[SEQUENCE_ROW_KEY]
     n_rows = batch["cell_index_n"].shape[0]
     mask_ns = layout_ns >= 0
+    padded_ns = ~mask_ns
+    has_padding = bool(padded_ns.any())
     rows_ns = layout_ns.clamp(min=0)
+    rows_flat = rows_ns.reshape(-1)
     out: dict[str, torch.Tensor] = {}
     for key, value in batch.items():
         if key == SEQUENCE_ROW_KEY:
@@ -82,9 +85,11 @@ def to_sequences(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 f"batch key {key!r} is sparse; sequences need dense per-cell tensors "
                 "(leave dense_counts=True)"
             )
-        gathered = value[rows_ns]
-        padding = -1 if not (value.is_floating_point() or value.dtype == torch.bool) else 0
-        mask = mask_ns.reshape(*mask_ns.shape, *([1] * (gathered.dim() - 2)))
-        out[new_key] = torch.where(mask, gathered, torch.full_like(gathered, padding))
+        # a new tensor (index_select: the fastest gather on CPU), its padding overwritten in place
+        gathered = value.index_select(0, rows_flat).reshape(*rows_ns.shape, *value.shape[1:])
+        if has_padding:
+            padding = -1 if not (value.is_floating_point() or value.dtype == torch.bool) else 0
+            gathered[padded_ns] = padding
+        out[new_key] = gathered
     out["mask_ns"] = mask_ns
     return out

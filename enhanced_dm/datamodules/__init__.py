@@ -4,10 +4,12 @@ from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 from enhanced_dm.datamodules.hierarchical import HierarchicalDataModule
 from enhanced_dm.datamodules.regulatory import RegulatoryDataModule
 from enhanced_dm.datamodules.resource import ResourceDataModule
+from enhanced_dm.datamodules.temporal import TemporalDataModule
 
 __all__ = [
     "BaseEnhancedDataModule",
     "HierarchicalDataModule",
     "RegulatoryDataModule",
     "ResourceDataModule",
+    "TemporalDataModule",
 ]

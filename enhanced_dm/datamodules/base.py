@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from enhanced_dm.components.base import Component, ComponentSet
+from enhanced_dm.components.base import Component, ComponentSet, NotSetUpError
 from enhanced_dm.data.collate import make_dataloader
 from enhanced_dm.data.sampler import ResumableBatchSampler
 from enhanced_dm.data.sequences import SEQUENCE_ROW_KEY, to_sequences
@@ -159,6 +159,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             settings = self.pipeline_settings()
             for component in self.components:
                 component.configure(settings)
+                component.use_split(self.split)
                 component.setup(self.store)
             # Running state lives in what the components' setup builds: load it after.
             self.components.load_running_state((self._pending_state or {}).get("running", {}))
@@ -169,7 +170,9 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                 self.pipeline, self.nan_policy, n_genes=self.store.n_genes
             )
             warn_if_counts_needed(settings, self.store)
-            self._sampler(self.split["train"], shuffle=True)  # refuses two sampler owners now
+            probe = self._sampler(self.split["train"], shuffle=True)  # refuses two owners now
+            if self._pending_sampler_state is not None:
+                probe.load_state_dict(self._pending_sampler_state)  # refuses an incompatible one
             if not self._resuming_from_checkpoint():
                 self._ensure_fitted()
 
@@ -230,7 +233,11 @@ class BaseEnhancedDataModule(L.LightningDataModule):
     def _fitting_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
         """This rank's disjoint share of the train cells, in order, each cell once (cells, also
         when a component's sampler makes items of several cells)."""
-        sampler = fitting_sampler(self.options, self.split["train"], rank, world_size)
+        training = self._sampler(self.split["train"], shuffle=True)
+        cells_per_item = int(getattr(training, "cells_per_item", 1))
+        sampler = fitting_sampler(
+            self.options, self.split["train"], rank, world_size, cells_per_item
+        )
         return make_dataloader(
             self._require_store(), sampler, self.num_workers, persistent_workers=False
         )
@@ -324,7 +331,11 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             self.monitor.check_finite()
             if context.training:
                 self.components.update_running(out, context)
-        return to_sequences(out) if SEQUENCE_ROW_KEY in out else out
+        if SEQUENCE_ROW_KEY not in out:
+            return out
+        sequences = to_sequences(out)
+        sequences.update(self.components.sequence_outputs(sequences))
+        return sequences
 
     # --------------------------------------------------------------------------- statistics
     def get_normalization_stats(self) -> dict[str, dict[str, float]]:
@@ -393,9 +404,14 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         fitting = self.trainer is None or self.trainer.state.fn in (None, "fit")
         self._pending_sampler_state = state_dict.get("sampler") if fitting else None
         if self._pending_sampler_state is not None:
-            # Check now, so an incompatible resume fails before any training step.
-            probe = self._sampler(state_dict["split"]["train"].numpy(), shuffle=True)
-            probe.load_state_dict(self._pending_sampler_state)
+            # Check now, so an incompatible resume fails before any training step (a
+            # component's sampler that needs the data is checked in setup instead).
+            try:
+                probe = self._sampler(state_dict["split"]["train"].numpy(), shuffle=True)
+            except NotSetUpError:
+                probe = None
+            if probe is not None:
+                probe.load_state_dict(self._pending_sampler_state)
         self.components.load_state_dict(state_dict.get("components", {}))
         if self.store is not None:
             self._apply_state(state_dict)

@@ -68,13 +68,18 @@ def make_batch_sampler(
 
 
 def fitting_sampler(
-    options: Mapping[str, Any], train_indices: np.ndarray, rank: int, world_size: int
+    options: Mapping[str, Any],
+    train_indices: np.ndarray,
+    rank: int,
+    world_size: int,
+    cells_per_item: int = 1,
 ) -> BlockShuffleSampler:
     """This rank's disjoint share of the train cells, in order, each cell once (cells, also
-    when a component's sampler makes items of several cells)."""
+    when a component's sampler makes items of several cells: then a fitting batch holds
+    ``batch_size * cells_per_item`` cells, as many as a training batch)."""
     return BlockShuffleSampler(
         train_indices,
-        options["batch_size"],
+        options["batch_size"] * cells_per_item,
         block_size=options["block_size"],
         shuffle=False,
         num_replicas=world_size,

@@ -110,12 +110,15 @@ def moments_to_mean_std(
     .. math:: \mu = S_1 / n, \qquad \sigma = \sqrt{\frac{S_2 - n\mu^2}{n - 1}}
 
     A zero (or undefined, n < 2) standard deviation becomes 1, as in scanpy, so scaling never
-    divides by zero. Sums are float64: on log-normalized data the cancellation error is far below
+    divides by zero; so does one below float32's smallest normal number (1.2e-38). Sums are float64: on log-normalized data the cancellation error is far below
     float32 resolution.
     """
     safe_count = count.clamp_min(1.0)
     mean = total / safe_count
     variance = (total_sq - safe_count * mean * mean).clamp_min(0.0) / (count - 1.0).clamp_min(1.0)
     std = variance.sqrt()
-    std = torch.where((std > 0) & (count > 1), std, torch.ones_like(std))
+    # A std below float32's smallest normal number is zero in the float32 buffers it becomes
+    # (real files hold denormal values such as 1e-45 FPKM): 1, never a division by ~0.
+    usable = (std >= torch.finfo(torch.float32).tiny) & (count > 1)
+    std = torch.where(usable, std, torch.ones_like(std))
     return mean, std
