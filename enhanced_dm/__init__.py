@@ -4,17 +4,21 @@ from enhanced_dm.callbacks import NormalizationStatsCallback
 from enhanced_dm.components import (
     CompartmentComponent,
     Component,
+    MemoryComponent,
     PathwayComponent,
     RegulatoryComponent,
     ResourceComponent,
+    StochasticComponent,
     TemporalComponent,
 )
 from enhanced_dm.data import BlockShuffleSampler, CellStore
 from enhanced_dm.datamodules import (
     BaseEnhancedDataModule,
     HierarchicalDataModule,
+    MemoryDataModule,
     RegulatoryDataModule,
     ResourceDataModule,
+    StochasticDataModule,
     TemporalDataModule,
 )
 from enhanced_dm.errors import (
@@ -28,8 +32,10 @@ from enhanced_dm.errors import (
 from enhanced_dm.loaders import (
     BaseEnhancedLoader,
     HierarchicalDataLoader,
+    MemoryDataLoader,
     RegulatoryDataLoader,
     ResourceDataLoader,
+    StochasticDataLoader,
     TemporalDataLoader,
 )
 
@@ -47,6 +53,9 @@ __all__ = [
     "FittingError",
     "HierarchicalDataLoader",
     "HierarchicalDataModule",
+    "MemoryComponent",
+    "MemoryDataLoader",
+    "MemoryDataModule",
     "NonFiniteOutputError",
     "NormalizationStatsCallback",
     "PathwayComponent",
@@ -56,6 +65,9 @@ __all__ = [
     "ResourceComponent",
     "ResourceDataLoader",
     "ResourceDataModule",
+    "StochasticComponent",
+    "StochasticDataLoader",
+    "StochasticDataModule",
     "TemporalComponent",
     "TemporalDataLoader",
     "TemporalDataModule",

@@ -226,3 +226,32 @@ class TemporalDataLoader(EnhancedCollateLoader):
     function)."""
 
     datamodule_class = TemporalDataModule
+
+
+from enhanced_dm.datamodules.stochastic import StochasticDataModule  # noqa: E402
+
+__all__ += ["StochasticDataLoader"]
+
+
+class StochasticDataLoader(EnhancedCollateLoader):
+    """Collate-style twin of :class:`~enhanced_dm.datamodules.stochastic.StochasticDataModule`
+    (``noise_dim``, ``num_noise_types``, ``intrinsic_noise_dim``, ``extrinsic_noise_dim``,
+    ``noise_strength_range``, ... as there); in training mode (``loader.train()``) it augments;
+    ``get_stochastic_stats()`` delegates."""
+
+    datamodule_class = StochasticDataModule
+
+
+from enhanced_dm.datamodules.memory import MemoryDataModule  # noqa: E402
+
+__all__ += ["MemoryDataLoader"]
+
+
+class MemoryDataLoader(EnhancedCollateLoader):
+    """Collate-style twin of :class:`~enhanced_dm.datamodules.memory.MemoryDataModule`
+    (``memory_dim``, ``memory_size``, ``num_memory_types``, ``num_epigenetic_states``,
+    ``memory_decay_rate``, ... as there); in training mode (``loader.train()``) batches update
+    the moving statistics and the bank (no DataLoader workers then); ``get_memory_stats()``
+    delegates."""
+
+    datamodule_class = MemoryDataModule

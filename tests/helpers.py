@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,3 +25,19 @@ def shared_data(relative: str) -> Path:
             pytest.fail(f"{message} (CI=true: shared data must be present)")
         pytest.skip(message)
     return path
+
+
+def quiet_trainer(root: Path, max_epochs: int) -> Any:
+    """A CPU Lightning Trainer without logger, checkpoints, progress bar or validation."""
+    import lightning as L
+
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=root,
+    )

@@ -2,9 +2,11 @@
 
 from enhanced_dm.components.base import Component
 from enhanced_dm.components.compartments import CompartmentComponent
+from enhanced_dm.components.memory import MemoryComponent
 from enhanced_dm.components.pathways import GeneSetComponent, GeneSetSelection, PathwayComponent
 from enhanced_dm.components.regulatory import RegulatoryComponent
 from enhanced_dm.components.resource import ResourceComponent
+from enhanced_dm.components.stochastic import StochasticComponent
 from enhanced_dm.components.temporal import TemporalComponent
 
 __all__ = [
@@ -12,8 +14,10 @@ __all__ = [
     "Component",
     "GeneSetComponent",
     "GeneSetSelection",
+    "MemoryComponent",
     "PathwayComponent",
     "RegulatoryComponent",
     "ResourceComponent",
+    "StochasticComponent",
     "TemporalComponent",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -72,6 +73,9 @@ class BaseEnhancedDataModule(L.LightningDataModule):
 
     component_classes: ClassVar[tuple[type[Component], ...]] = ()
     """The components every instance is built with, from the options they declare."""
+    option_defaults: ClassVar[Mapping[str, Any]] = {}
+    """Other defaults for declared options (e.g. the noise-aware normalization of a DataModule
+    whose data are raw counts); the signature and the Hydra schema show them."""
 
     def __init__(
         self,
@@ -103,8 +107,18 @@ class BaseEnhancedDataModule(L.LightningDataModule):
 
     @classmethod
     def declared_options(cls) -> list[Option]:
-        """The components' options, then the base options (one declaration per name)."""
-        return merge_options([*(c.options for c in cls.component_classes), BASE_OPTIONS])
+        """The components' options, then the base options (one declaration per name), with
+        :attr:`option_defaults` applied."""
+        merged = merge_options([*(c.options for c in cls.component_classes), BASE_OPTIONS])
+        unknown = set(cls.option_defaults) - {option.name for option in merged}
+        if unknown:
+            raise TypeError(f"{cls.__name__}.option_defaults names unknown options {unknown}")
+        return [
+            dataclasses.replace(option, default=cls.option_defaults[option.name])
+            if option.name in cls.option_defaults
+            else option
+            for option in merged
+        ]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,8 +175,6 @@ class BaseEnhancedDataModule(L.LightningDataModule):
                 component.configure(settings)
                 component.use_split(self.split)
                 component.setup(self.store)
-            # Running state lives in what the components' setup builds: load it after.
-            self.components.load_running_state((self._pending_state or {}).get("running", {}))
         if self.pipeline is None:
             settings = self.pipeline_settings()
             self.pipeline = build_pipeline(settings, self.store.n_genes, self.components)
@@ -202,6 +214,9 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             check_same_data_on_all_ranks(store.var_names, store.categories, self.split)
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
+            # Running state lives in what the components' setup builds, and restoring fitted
+            # statistics may reset it (moving statistics start at the fitted ones): load it last.
+            self.components.load_running_state(self._pending_state.get("running", {}))
         else:
             self.stats_cache_path = fit_or_load(
                 self.pipeline,

@@ -9,7 +9,7 @@ from torchmetrics import Metric
 
 from enhanced_dm.csr import rows_of_stored_values
 
-__all__ = ["GroupedMomentsMetric", "moments_to_mean_std"]
+__all__ = ["GroupedMomentsMetric", "RawMomentsMetric", "moments_to_mean_std"]
 
 
 class GroupedMomentsMetric(Metric):
@@ -122,3 +122,13 @@ def moments_to_mean_std(
     usable = (std >= torch.finfo(torch.float32).tiny) & (count > 1)
     std = torch.where(usable, std, torch.ones_like(std))
     return mean, std
+
+
+class RawMomentsMetric(GroupedMomentsMetric):
+    """:class:`GroupedMomentsMetric` returning its sums as they are (``count``, ``sum_g``,
+    ``sumsq_g``, ``count_b``, ``sum_bg``, ``sumsq_bg``): for statistics that need the exact
+    second moments (a zero variance stays zero)."""
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        names = ("count", "sum_g", "sumsq_g", "count_b", "sum_bg", "sumsq_bg")
+        return {name: getattr(self, name).clone() for name in names}

@@ -43,6 +43,9 @@ class PipelineMonitor(nn.Module):
         watched = [(name, t) for name, t in pipeline.named_transforms() if t.monitored]
         self.names = [name for name, _ in watched]
         self.step_metrics = nn.ModuleList([OutputStatsMetric(t.clip_value) for _, t in watched])
+        # Further keys a step asks to be summarized, reported as "<step>/<key>".
+        self.extra = [(name, key) for name, t in watched for key in t.also_monitored]
+        self.extra_metrics = nn.ModuleList([OutputStatsMetric() for _ in self.extra])
         self._index = {name: index for index, name in enumerate(self.names)}
         self.input_metric = InputStatsMetric(n_genes)
         self._input_step: str | None = None
@@ -61,6 +64,10 @@ class PipelineMonitor(nn.Module):
     def observe(self, name: str, transform: Transform, out: Batch) -> None:
         if not transform.monitored:
             return
+        extras: list[OutputStatsMetric] = list(self.extra_metrics)  # type: ignore[arg-type]
+        for (step, key), extra in zip(self.extra, extras, strict=True):
+            if step == name and key in out:
+                extra.update(out[key])
         values = out.get(transform.output_key)
         watched = values is not None and torch.is_floating_point(values)
         if values is not None and watched:
@@ -107,6 +114,10 @@ class PipelineMonitor(nn.Module):
             for name, metric in zip(self.names, metrics, strict=True)
             if metric.update_count
         }
+        extras: list[OutputStatsMetric] = list(self.extra_metrics)  # type: ignore[arg-type]
+        for (step, key), metric in zip(self.extra, extras, strict=True):
+            if metric.update_count:
+                stats[f"{step}/{key}"] = metric.compute()
         if self.input_metric.update_count and self._input_step in stats:
             summary = self.input_metric.compute()
             stats[self._input_step].update(
@@ -116,6 +127,7 @@ class PipelineMonitor(nn.Module):
         return stats
 
     def reset(self) -> None:
-        for metric in self.step_metrics:
-            metric.reset()  # type: ignore[operator]
+        metrics: list[OutputStatsMetric] = [*self.step_metrics, *self.extra_metrics]
+        for metric in metrics:
+            metric.reset()
         self.input_metric.reset()

@@ -24,7 +24,9 @@ class Transform(nn.Module):
     Subclasses implement ``forward(batch, context=None) -> dict``; ``context`` is the
     :class:`~enhanced_dm.transforms.context.StepContext` (stage, seed, epoch, rank, batch index),
     which steps without randomness or stage-dependent behaviour ignore. ``output_key`` names the
-    tensor that monitors watch (and, with ``output_keys``, the batch keys the step writes); ``clip_value`` (when not None) lets monitors count clipped values; ``monitored=False``
+    tensor that monitors watch (and, with ``output_keys``, the batch keys the step writes);
+    ``also_monitored`` names further keys it writes that monitors summarize (reported as
+    ``"<step>/<key>"``); ``clip_value`` (when not None) lets monitors count clipped values; ``monitored=False``
     marks steps that change only the layout, whose statistics would repeat the previous step's;
     ``accepts_sparse=True`` lets a sparse CSR ``x_ng`` reach the step (and its fitting metric);
     ``reads_counts=False`` declares that neither the step nor its fitting metric reads the dense
@@ -33,6 +35,7 @@ class Transform(nn.Module):
     """
 
     output_key: str = "x_ng"
+    also_monitored: tuple[str, ...] = ()
     clip_value: float | None = None
     monitored: bool = True
     accepts_sparse: bool = False

@@ -21,7 +21,7 @@ from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 from enhanced_dm.datasets import hsmm_timecourse
 from tests.components.reference import all_outputs
 from tests.contract import check_component
-from tests.helpers import shared_data
+from tests.helpers import quiet_trainer, shared_data
 
 HSMM = "singlecell/hsmm_myoblast_timecourse_fpkm.h5ad"
 OPTIONS: dict[str, Any] = dict(
@@ -301,16 +301,7 @@ def test_a_model_trains_on_sequences_through_trainer_fit(tmp_path) -> None:
         progress=False,
     )
     model = SequenceStepModel(1000, 4)
-    trainer = L.Trainer(
-        max_epochs=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=4)
     trainer.fit(model, datamodule=dm)
     assert len(model.losses) == 4 * len(dm.train_dataloader())
     assert np.mean(model.losses[-3:]) < np.mean(model.losses[:3])
