@@ -9,16 +9,19 @@ A loader under test is a zero-argument callable that returns an iterator over on
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
+import json
 import math
 import multiprocessing
 import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +76,58 @@ def machine(**versions: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         **versions,
     }
+
+
+SYNTHETIC_DATA = Path(__file__).resolve().parent / "data" / "synthetic_100000x20000_2000.h5ad"
+
+
+def run_benchmark(
+    doc: str,
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    options: Sequence[tuple[str, type, Any]] = (),
+) -> None:
+    """The command line of a benchmark script on the synthetic file: ``--busy``, ``--out`` and
+    ``options`` (flag, type, default); ``measure(arguments)`` runs beside a busy neighbour when
+    asked, and its result is written as JSON with the settings and the machine."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for flag, kind, default in options:
+        parser.add_argument(flag, type=kind, default=default)
+    parser.add_argument("--busy", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    arguments = parser.parse_args()
+    if not SYNTHETIC_DATA.exists():
+        raise SystemExit(
+            f"{SYNTHETIC_DATA} is missing: python benchmarks/make_synthetic.py --cells 100000 "
+            "--genes 20000 --nnz 2000"
+        )
+    with busy_neighbour(arguments.busy):
+        result = measure(arguments)
+    settings = {key: value for key, value in vars(arguments).items() if key != "out"}
+    document = {"settings": {"data": SYNTHETIC_DATA.name, **settings}, "environment": machine()}
+    arguments.out.write_text(json.dumps({**document, **result}, indent=1))
+
+
+def median_batch_ms(
+    normalizers: dict[str, Callable[[dict[str, Any]], Any]],
+    batches: list[dict[str, Any]] | dict[str, list[dict[str, Any]]],
+    rounds: int = 3,
+) -> dict[str, float]:
+    """Median milliseconds of each ``normalize(batch)`` over ``rounds`` passes over ``batches``
+    (after one warm-up call each). The configurations take turns round by round, so a drift of
+    the machine (this VM's speed wanders by 10-30 % over minutes) hits them alike; each call
+    gets a shallow copy, so stamped keys survive. ``batches`` may be one list per configuration
+    (the same cells read by each, when their batches carry different keys)."""
+    batches_of = batches if isinstance(batches, dict) else dict.fromkeys(normalizers, batches)
+    times: dict[str, list[float]] = {name: [] for name in normalizers}
+    for name, normalize in normalizers.items():
+        normalize(dict(batches_of[name][0]))
+    for _ in range(rounds):
+        for name, normalize in normalizers.items():
+            for batch in batches_of[name]:
+                started = time.perf_counter()
+                normalize(dict(batch))
+                times[name].append(time.perf_counter() - started)
+    return {name: 1e3 * float(np.median(values)) for name, values in times.items()}
 
 
 def count_nonzeros(rows: Any) -> int:

@@ -17,7 +17,7 @@ with each symbol mapped to a random synthetic gene (so the PCA blocks have their
    24 GB it is killed for memory at 100,000 x 20,000, hence the smaller sizes).
 2. **Per-batch cost** at batch 256 on 20,000 genes, the first ``--batch-cells`` cells in memory:
    ``normalize`` of the same batches by a base DataModule (total count, log1p, z-score) and by
-   ResourceDataModules without and with regress-out; the median batch time over three rounds.
+   ResourceDataModules without and with regress-out; the median batch time over three rounds (the configurations taking turns).
 
 ``--busy`` runs a spinning neighbour process on one core during both parts.
 """
@@ -28,7 +28,6 @@ import argparse
 import json
 import multiprocessing
 import resource
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import busy_neighbour, machine
+from common import busy_neighbour, machine, median_batch_ms
 
 DATA = Path(__file__).resolve().parent / "data" / "synthetic_100000x20000_2000.h5ad"
 MITO_PREFIX = ("gene_0000",)
@@ -165,26 +164,20 @@ def per_batch_costs(path: str, gene_sets: str, cells: int, rounds: int = 3) -> l
             adata, regress_out=REGRESSED, **resource_options
         ),
     }
-    rows = []
-    batches = None
-    for name, make in configurations.items():
-        dm = make()
+    datamodules = {name: make() for name, make in configurations.items()}
+    for dm in datamodules.values():
         dm.setup("fit")
-        if batches is None:
-            batches = [dm.store.read(np.arange(i, i + BATCH)) for i in range(0, cells, BATCH)]
-        times: list[float] = []
-        with torch.no_grad():
-            dm.normalize(batches[0])  # warm-up
-            for _ in range(rounds):
-                for batch in batches:
-                    started = time.perf_counter()
-                    dm.normalize(batch)
-                    times.append(time.perf_counter() - started)
-        rows.append({"pipeline": name, "median_batch_ms": 1e3 * statistics.median(times)})
-    base = rows[0]["median_batch_ms"]
-    for row in rows:
-        row["relative_to_base"] = row["median_batch_ms"] / base
-    return rows
+    store = datamodules["resource"].store
+    batches = [store.read(np.arange(i, i + BATCH)) for i in range(0, cells, BATCH)]
+    with torch.no_grad():
+        measured = median_batch_ms(
+            {name: dm.normalize for name, dm in datamodules.items()}, batches, rounds
+        )
+    base = measured["base (total count, log1p, z-score)"]
+    return [
+        {"pipeline": name, "median_batch_ms": ms, "relative_to_base": ms / base}
+        for name, ms in measured.items()
+    ]
 
 
 def main() -> None:

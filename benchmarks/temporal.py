@@ -14,17 +14,12 @@ spinning neighbour process on one core during the measurement.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
-from common import busy_neighbour, machine
-
-DATA = Path(__file__).resolve().parent / "data" / "synthetic_100000x20000_2000.h5ad"
+from common import SYNTHETIC_DATA, run_benchmark
 
 
 def rate(sequence_mode: bool, seconds: float, warmup: int = 5) -> dict[str, Any]:
@@ -37,7 +32,12 @@ def rate(sequence_mode: bool, seconds: float, warmup: int = 5) -> dict[str, Any]
         else {"batch_size": 256}
     )
     dm = TemporalDataModule(
-        str(DATA), backed=True, time_key="time", val_fraction=0.0, progress=False, **options
+        str(SYNTHETIC_DATA),
+        backed=True,
+        time_key="time",
+        val_fraction=0.0,
+        progress=False,
+        **options,
     )
     started = time.perf_counter()
     dm.setup("fit")
@@ -71,34 +71,15 @@ def rate(sequence_mode: bool, seconds: float, warmup: int = 5) -> dict[str, Any]
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--busy", action="store_true")
-    parser.add_argument("--out", type=Path, required=True)
-    arguments = parser.parse_args()
-    if not DATA.exists():
-        raise SystemExit(f"{DATA} is missing: run benchmarks/make_synthetic.py (see docstring)")
-    with busy_neighbour(arguments.busy):
-        rows = [rate(False, arguments.seconds), rate(True, arguments.seconds)]
+def measure(arguments: Any) -> dict[str, Any]:
+    rows = [rate(False, arguments.seconds), rate(True, arguments.seconds)]
     cost = rows[0]["cells_per_s"] / rows[1]["cells_per_s"]
     print(rows, f"a sequence cell costs {cost:.2f}x a per-cell cell", flush=True)
-    arguments.out.write_text(
-        json.dumps(
-            {
-                "settings": {
-                    "data": DATA.name,
-                    "backed": True,
-                    "seconds": arguments.seconds,
-                    "busy_neighbour": arguments.busy,
-                },
-                "environment": machine(),
-                "rows": rows,
-                "sequence_cell_cost_relative_to_per_cell": cost,
-            },
-            indent=1,
-        )
-    )
+    return {"backed": True, "rows": rows, "sequence_cell_cost_relative_to_per_cell": cost}
+
+
+def main() -> None:
+    run_benchmark(__doc__, measure, [("--seconds", float, 30.0)])
 
 
 if __name__ == "__main__":
