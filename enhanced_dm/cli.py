@@ -395,21 +395,29 @@ def prepare(arguments: Sequence[str]) -> None:
     print(f"wrote {target} in {time.perf_counter() - started:.1f} s", flush=True)
 
 
-DATA_FOR_DATAMODULE = {"temporal": "hsmm_timecourse"}
-"""The data a DataModule runs on when the command line picks it but no ``data=``: the default
-(bundled PBMCs) has no time course. Hydra cannot switch the data group from a datamodule
-config (its override would have to come after the data group, whose options it must not
-overwrite), so the command adds the override."""
+GROUPS_FOR_DATAMODULE = {
+    "temporal": {"data": "hsmm_timecourse"},
+    "stochastic": {"normalization": "pearson"},
+}
+"""Config groups a DataModule needs when the command line picks it but not them: the default
+data (bundled PBMCs) hold no time course, and the default normalization group (z_score) would
+replace the Pearson residuals a StochasticDataModule defaults to. Hydra cannot switch those
+groups from a datamodule config (the override would have to come after them, and they set
+datamodule options it must not overwrite), so the command adds the overrides."""
 
 
-def with_default_data(overrides: Sequence[str]) -> list[str]:
-    """``overrides`` plus ``data=<its data>`` when they choose one DataModule of
-    :data:`DATA_FOR_DATAMODULE` and no data."""
+def with_datamodule_groups(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` plus ``<group>=<option>`` for each group of :data:`GROUPS_FOR_DATAMODULE`
+    that the chosen DataModule needs and the overrides do not set."""
     chosen = [item.split("=", 1)[1] for item in overrides if item.startswith("datamodule=")]
-    picks_data = any(item.startswith(("data=", "+data=", "~data")) for item in overrides)
-    if len(chosen) == 1 and chosen[0] in DATA_FOR_DATAMODULE and not picks_data:
-        return [*overrides, f"data={DATA_FOR_DATAMODULE[chosen[0]]}"]
-    return list(overrides)
+    if len(chosen) != 1 or chosen[0] not in GROUPS_FOR_DATAMODULE:
+        return list(overrides)
+    added = [
+        f"{group}={option}"
+        for group, option in GROUPS_FOR_DATAMODULE[chosen[0]].items()
+        if not any(item.startswith((f"{group}=", f"+{group}=", f"~{group}")) for item in overrides)
+    ]
+    return [*overrides, *added]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -432,7 +440,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     hydra_main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     # The task travels as an override, so that the processes Lightning's DDP launcher starts (it
     # re-runs sys.argv) find it again.
-    sys.argv = [sys.argv[0], *with_default_data(overrides), f"task={task}"]
+    # Added arguments go first: Hydra's parser takes one run of overrides, so anything appended
+    # after a flag (`... --cfg job`) would be refused.
+    added = with_datamodule_groups(overrides)[len(overrides) :]
+    sys.argv = [sys.argv[0], f"task={task}", *added, *overrides]
     hydra_main(_task)()
 
 

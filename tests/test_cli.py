@@ -190,3 +190,15 @@ def test_prepare_writes_a_mappable_copy_and_refuses_to_overwrite(tmp_path: Path)
     assert again.returncode == 1
     assert "already exists; pass overwrite=True" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_a_datamodule_gets_the_groups_it_needs_even_before_a_flag(tmp_path: Path) -> None:
+    result = enhanced_dm("fit", "datamodule=stochastic", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "normalization_type: pearson" in result.stdout
+    result = enhanced_dm(
+        "fit", "datamodule=stochastic", "normalization=robust", "--cfg", "job", cwd=tmp_path
+    )
+    assert "normalization_type: robust" in result.stdout
+    result = enhanced_dm("fit", "datamodule=temporal", "--cfg", "job", cwd=tmp_path)
+    assert "enhanced_dm.datasets.hsmm_timecourse" in result.stdout

@@ -240,17 +240,19 @@ def test_datamodule_yaml_values_pass_the_option_declarations(name: str) -> None:
     assert fields == declared
 
 
-def test_the_command_picks_the_time_course_for_the_temporal_datamodule() -> None:
-    from enhanced_dm.cli import with_default_data
+def test_the_command_picks_the_groups_a_datamodule_needs() -> None:
+    from enhanced_dm.cli import with_datamodule_groups
 
-    assert with_default_data(["datamodule=temporal"]) == [
+    assert with_datamodule_groups(["datamodule=temporal"]) == [
         "datamodule=temporal",
         "data=hsmm_timecourse",
     ]
-    assert with_default_data(["datamodule=temporal", "data=path", "data.path=x.h5ad"])[-1] == (
-        "data.path=x.h5ad"
-    )
-    assert with_default_data(["datamodule=base"]) == ["datamodule=base"]
+    chosen = ["datamodule=temporal", "data=path", "data.path=x.h5ad"]
+    assert with_datamodule_groups(chosen) == chosen
+    assert with_datamodule_groups(["datamodule=stochastic"])[-1] == "normalization=pearson"
+    chosen = ["datamodule=stochastic", "normalization=robust"]
+    assert with_datamodule_groups(chosen) == chosen
+    assert with_datamodule_groups(["datamodule=base"]) == ["datamodule=base"]
 
 
 def test_the_temporal_config_runs_on_the_bundled_time_course(tmp_path: Path) -> None:
