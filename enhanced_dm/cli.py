@@ -420,6 +420,18 @@ def with_datamodule_groups(overrides: Sequence[str]) -> list[str]:
     return [*overrides, *added]
 
 
+def _with_added(arguments: list[str], extra: list[str]) -> list[str]:
+    """``arguments`` plus ``extra`` and the groups the chosen DataModule needs, placed with the
+    user's overrides: Hydra's parser takes one run of overrides, so an override separated from
+    the others by a flag (``... --cfg job task=fit``) would be refused."""
+    added = [*extra, *with_datamodule_groups(arguments)[len(arguments) :]]
+    first = next(
+        (i for i, item in enumerate(arguments) if "=" in item and not item.startswith("-")),
+        len(arguments),
+    )
+    return [*arguments[:first], *added, *arguments[first:]]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``enhanced-dm`` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -440,10 +452,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     hydra_main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     # The task travels as an override, so that the processes Lightning's DDP launcher starts (it
     # re-runs sys.argv) find it again.
-    # Added arguments go first: Hydra's parser takes one run of overrides, so anything appended
-    # after a flag (`... --cfg job`) would be refused.
-    added = with_datamodule_groups(overrides)[len(overrides) :]
-    sys.argv = [sys.argv[0], f"task={task}", *added, *overrides]
+    sys.argv = [sys.argv[0], *_with_added(overrides, [f"task={task}"])]
     hydra_main(_task)()
 
 

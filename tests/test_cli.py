@@ -202,3 +202,21 @@ def test_a_datamodule_gets_the_groups_it_needs_even_before_a_flag(tmp_path: Path
     assert "normalization_type: robust" in result.stdout
     result = enhanced_dm("fit", "datamodule=temporal", "--cfg", "job", cwd=tmp_path)
     assert "enhanced_dm.datasets.hsmm_timecourse" in result.stdout
+
+
+def test_added_overrides_join_the_users_own_run_of_overrides() -> None:
+    from enhanced_dm.cli import _with_added
+
+    assert _with_added(["-m", "normalization=z_score,none"], ["task=stats"]) == [
+        "-m",
+        "task=stats",
+        "normalization=z_score,none",
+    ]
+    assert _with_added(["datamodule=stochastic", "--cfg", "job"], ["task=fit"]) == [
+        "task=fit",
+        "normalization=pearson",
+        "datamodule=stochastic",
+        "--cfg",
+        "job",
+    ]
+    assert _with_added(["--cfg", "job"], ["task=fit"]) == ["--cfg", "job", "task=fit"]
