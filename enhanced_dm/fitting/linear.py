@@ -10,6 +10,7 @@ import torch
 from torchmetrics import Metric
 
 from enhanced_dm.errors import FittingError
+from enhanced_dm.transforms.functional import densify
 
 __all__ = [
     "GramMetric",
@@ -22,9 +23,7 @@ __all__ = [
 
 
 def _dense64(values: torch.Tensor) -> torch.Tensor:
-    if values.layout == torch.sparse_csr:
-        values = values.to_dense()
-    return values.to(torch.float64)
+    return densify(values).to(torch.float64)
 
 
 class LinearModelMetric(Metric):

@@ -9,7 +9,7 @@ from torchmetrics import Metric
 
 from enhanced_dm.csr import rows_of_stored_values
 
-__all__ = ["GroupedMomentsMetric", "RawMomentsMetric", "moments_to_mean_std"]
+__all__ = ["GroupedMomentsMetric", "RawMomentsMetric", "moments_to_mean_std", "scale_or_one"]
 
 
 class GroupedMomentsMetric(Metric):
@@ -102,6 +102,13 @@ class GroupedMomentsMetric(Metric):
         }
 
 
+def scale_or_one(std: torch.Tensor) -> torch.Tensor:
+    """``std``, with 1 where it is zero or below float32's smallest normal number: such a spread is
+    zero in the float32 buffers it becomes (real files hold denormal values such as 1e-45 FPKM),
+    and scaling by 1 never divides by ~0 (``scanpy.pp.scale``'s zero-std rule)."""
+    return torch.where(std >= torch.finfo(torch.float32).tiny, std, torch.ones_like(std))
+
+
 def moments_to_mean_std(
     count: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,17 +117,14 @@ def moments_to_mean_std(
     .. math:: \mu = S_1 / n, \qquad \sigma = \sqrt{\frac{S_2 - n\mu^2}{n - 1}}
 
     A zero (or undefined, n < 2) standard deviation becomes 1, as in scanpy, so scaling never
-    divides by zero; so does one below float32's smallest normal number (1.2e-38). Sums are float64: on log-normalized data the cancellation error is far below
-    float32 resolution.
+    divides by zero; so does one below float32's smallest normal number (:func:`scale_or_one`).
+    Sums are float64: on log-normalized data the cancellation error is far below float32
+    resolution.
     """
     safe_count = count.clamp_min(1.0)
     mean = total / safe_count
     variance = (total_sq - safe_count * mean * mean).clamp_min(0.0) / (count - 1.0).clamp_min(1.0)
-    std = variance.sqrt()
-    # A std below float32's smallest normal number is zero in the float32 buffers it becomes
-    # (real files hold denormal values such as 1e-45 FPKM): 1, never a division by ~0.
-    usable = (std >= torch.finfo(torch.float32).tiny) & (count > 1)
-    std = torch.where(usable, std, torch.ones_like(std))
+    std = torch.where(count > 1, scale_or_one(variance.sqrt()), 1.0)
     return mean, std
 
 

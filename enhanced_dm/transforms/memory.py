@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from enhanced_dm.fitting.linear import GramMetric, principal_components
-from enhanced_dm.fitting.moments import RawMomentsMetric
+from enhanced_dm.fitting.moments import RawMomentsMetric, scale_or_one
+from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms.base import Batch, FittableTransform, Transform
 
 if TYPE_CHECKING:
@@ -147,15 +148,12 @@ class MovingZScore(FittableTransform):
 
     def scale_sg(self) -> torch.Tensor:
         variance = (self.square_sg - self.mean_sg**2).clamp_min(0)
-        scale = variance.sqrt()
-        return torch.where(scale >= torch.finfo(torch.float32).tiny, scale, 1.0)
+        return scale_or_one(variance.sqrt())
 
     def forward(
         self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
     ) -> Batch:
-        x_ng = batch["x_ng"]
-        if x_ng.layout == torch.sparse_csr:
-            x_ng = x_ng.to_dense()
+        x_ng = F.densify(batch["x_ng"])
         state_n = batch["memory_state_n"]
         # per-state tables in x's dtype first (states x genes), then one row per cell
         inverse_sg = self.scale_sg().reciprocal().to(x_ng.dtype)
@@ -225,9 +223,7 @@ class MemoryEmbedding(FittableTransform):
     def forward(
         self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
     ) -> Batch:
-        x_ng = batch["x_ng"]
-        if x_ng.layout == torch.sparse_csr:
-            x_ng = x_ng.to_dense()
+        x_ng = F.densify(batch["x_ng"])
         f32 = torch.float32
         embedded = (x_ng[:, self.genes_e].to(f32) - self.mean_e.to(f32)) @ self.components_ed.to(
             f32

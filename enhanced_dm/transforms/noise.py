@@ -12,7 +12,7 @@ from enhanced_dm.csr import repeat_per_stored_value, rows_of_stored_values
 from enhanced_dm.fitting.moments import RawMomentsMetric
 from enhanced_dm.transforms.base import Batch, FittableTransform, Transform
 from enhanced_dm.transforms.context import StepContext
-from enhanced_dm.transforms.functional import map_stored_values
+from enhanced_dm.transforms.functional import densify, map_stored_values
 
 __all__ = [
     "NOISE_TYPES",
@@ -86,11 +86,10 @@ class GeneVariability(FittableTransform):
         return f"GeneVariability(n_genes={self.mean_g.shape[0]})"
 
 
-def _row_sums(counts_ng: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Per-row sums (float64) of ``values`` stored in the structure of CSR ``counts_ng``."""
-    rows = rows_of_stored_values(counts_ng).to(values.device)
-    total = torch.zeros(counts_ng.shape[0], dtype=torch.float64, device=values.device)
-    return total.index_add_(0, rows, values.to(torch.float64))
+def _row_sums(rows_v: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Per-row sums (float64) of stored ``values`` whose rows are ``rows_v``."""
+    total = torch.zeros(n_rows, dtype=torch.float64, device=values.device)
+    return total.index_add_(0, rows_v, values.to(torch.float64))
 
 
 class CountNoise(Transform):
@@ -153,11 +152,12 @@ class CountNoise(Transform):
         original = csr.values().to(torch.float32)
         values = original
         strength_v = repeat_per_stored_value(csr, strength_n)
-        original_n = _row_sums(csr, original)
+        rows_v = rows_of_stored_values(csr).to(device)  # once: every sum below shares it
+        original_n = _row_sums(rows_v, original, n)
         kept_n = original_n
         if "thinning" in self.types:
             values = torch.binomial(values, 1.0 - strength_v, generator=generator)
-            kept_n = _row_sums(csr, values)
+            kept_n = _row_sums(rows_v, values, n)
         if "size" in self.types:
             z_n = torch.randn(n, generator=generator, device=device)
             factor_v = repeat_per_stored_value(csr, torch.exp(strength_n * z_n))
@@ -165,13 +165,13 @@ class CountNoise(Transform):
         if "dropout" in self.types:
             draw = torch.rand(values.shape, generator=generator, device=device)
             values = torch.where(draw < strength_v / 2, 0.0, values)
-        final_n = _row_sums(csr, values)
+        final_n = _row_sums(rows_v, values, n)
         has_counts = original_n > 0
         ratio_n = torch.where(has_counts, final_n / original_n.clamp_min(1e-300), 1.0)
         augmented = map_stored_values(csr, values.to(csr.values().dtype))
         total_n = batch["total_counts_n"]
         return {
-            "counts_ng": augmented.to_dense() if dense else augmented,
+            "counts_ng": densify(augmented) if dense else augmented,
             "total_counts_n": (total_n.to(torch.float64) * ratio_n).to(total_n.dtype),
             "noise_strength_n": strength_n,
             "noise_keep_fraction_n": torch.where(

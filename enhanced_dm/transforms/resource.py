@@ -12,6 +12,7 @@ import torch
 from enhanced_dm.csr import rows_of_stored_values
 from enhanced_dm.fitting.covariates import QUANTILE_LEVELS, CovariateTableMetric
 from enhanced_dm.fitting.linear import GramMetric, principal_components
+from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms.base import Batch, FittableTransform
 
 if TYPE_CHECKING:
@@ -296,9 +297,7 @@ class ResourceEmbedding(FittableTransform):
             * self.covariate_inverse_std_f
         ]
         if self.loadings_ud.shape[1]:
-            x_ng = batch["x_ng"]
-            if x_ng.layout == torch.sparse_csr:
-                x_ng = x_ng.to_dense()
+            x_ng = F.densify(batch["x_ng"])
             centred = x_ng[:, self.genes_u].to(f32) - self.mean_u.to(f32)
             parts.append(centred @ self.loadings_ud.to(f32))
         n = covariates_nc.shape[0]
