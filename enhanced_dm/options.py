@@ -25,6 +25,8 @@ import numpy as np
 from enhanced_dm.errors import ConfigError
 
 __all__ = [
+    "BATCH_KEY",
+    "CELL_TYPE_KEY",
     "Option",
     "at_least",
     "declared_signature",
@@ -51,6 +53,13 @@ class Option:
     doc: str = ""
     check: Callable[[Any], bool] | None = None
     expected: str = ""
+
+
+BATCH_KEY = Option("batch_key", None, str | None, "obs column of the batch (batch_n codes).")
+CELL_TYPE_KEY = Option(
+    "cell_type_key", None, str | None, "obs column of the cell type (cell_type_n)."
+)
+"""The DataModule's obs keys, declared once: components that read them take the same option."""
 
 
 def at_least(minimum: float) -> tuple[Callable[[Any], bool], str]:

@@ -129,6 +129,13 @@ class Component:
     def transforms(self) -> list[tuple[str, Transform, Slot]]:
         return []
 
+    def step(self, name: str) -> Any:
+        """One of this component's transforms by its pipeline name (after ``setup``)."""
+        for step_name, transform, _ in self.transforms():
+            if step_name == name:
+                return transform
+        raise KeyError(f"{type(self).__name__} has no step {name!r}")
+
     def output_steps(self) -> dict[str, str]:
         """Label -> pipeline step whose output the monitors summarize in the stats report."""
         return {}

@@ -12,7 +12,7 @@ import torch
 
 from enhanced_dm.components.base import Component, Slot
 from enhanced_dm.components.running import all_ranks_gather, all_ranks_sum
-from enhanced_dm.options import Option, at_least, in_interval
+from enhanced_dm.options import CELL_TYPE_KEY, Option, at_least, in_interval
 from enhanced_dm.transforms.base import Batch, Transform
 from enhanced_dm.transforms.memory import (
     MemoryEmbedding,
@@ -98,8 +98,7 @@ class MemoryComponent(Component):
             "obs column of the memory types; None: cell_type_key.",
         ),
         Option("num_neighbors", 8, int, "Slots retrieved per cell.", *at_least(1)),
-        # the DataModule's own cell_type_key (declared alike: one meaning per option name)
-        Option("cell_type_key", None, str | None, "obs column of the cell type (cell_type_n)."),
+        CELL_TYPE_KEY,  # the DataModule's own
     )
 
     def __init__(self, *args: Any, **options: Any) -> None:
@@ -116,7 +115,6 @@ class MemoryComponent(Component):
         self.state_names: list[str] = ["all"]
         self.type_names: list[str] = ["all"]
         self.updates = 0
-        self._steps: dict[str, Any] = {}
         self._transforms: list[tuple[str, Transform, Slot]] | None = None
 
     def obs_columns(self) -> dict[str, str]:
@@ -170,8 +168,6 @@ class MemoryComponent(Component):
         retrieval = MemoryRetrieval(
             n_types, self.memory_size, dim, self.num_neighbors, self.memory_decay_rate
         )
-        self._steps = {"groups": groups, "zscore": zscore, "embedding": embedding}
-        self._steps["retrieval"] = retrieval
         self._transforms = [
             ("memory_groups", groups, "counts"),
             ("memory_zscore", zscore, "gene_wise"),
@@ -184,15 +180,11 @@ class MemoryComponent(Component):
             raise RuntimeError("MemoryComponent: call setup() before transforms()")
         return self._transforms
 
-    def step(self, name: str) -> Any:
-        self.transforms()
-        return self._steps[name]
-
     # ---------------------------------------------------------------------- running state
     def update_running(self, batch: Batch, context: StepContext) -> None:
         """After a training batch: the moving statistics step and the bank write, from the
         batch contributions of every rank (summed / gathered), so all ranks stay identical."""
-        zscore: MovingZScore = self.step("zscore")
+        zscore: MovingZScore = self.step("memory_zscore")
         x_ng = batch["x_log_ng"]
         n_states, n_genes = zscore.mean_sg.shape
         # per-state sums as one small matrix product (float32 sums of a batch, then float64)
@@ -202,7 +194,7 @@ class MemoryComponent(Component):
         )
         total = all_ranks_sum(sums.to(torch.float64))
         zscore.update(total[:, 0], total[:, 1 : 1 + n_genes], total[:, 1 + n_genes :])
-        retrieval: MemoryRetrieval = self.step("retrieval")
+        retrieval: MemoryRetrieval = self.step("memory_retrieval")
         embedded = all_ranks_gather(batch["memory_embedding_nd"])
         types = all_ranks_gather(batch["memory_type_n"])
         cells = all_ranks_gather(batch["cell_index_n"])
@@ -210,8 +202,8 @@ class MemoryComponent(Component):
         self.updates += 1
 
     def running_state(self) -> dict[str, Any]:
-        zscore: MovingZScore = self.step("zscore")
-        retrieval: MemoryRetrieval = self.step("retrieval")
+        zscore: MovingZScore = self.step("memory_zscore")
+        retrieval: MemoryRetrieval = self.step("memory_retrieval")
         return {
             "mean_sg": zscore.mean_sg.detach().cpu().clone(),
             "square_sg": zscore.square_sg.detach().cpu().clone(),
@@ -220,10 +212,10 @@ class MemoryComponent(Component):
         }
 
     def load_running_state(self, state: Mapping[str, Any]) -> None:
-        zscore: MovingZScore = self.step("zscore")
+        zscore: MovingZScore = self.step("memory_zscore")
         zscore.mean_sg.copy_(state["mean_sg"])
         zscore.square_sg.copy_(state["square_sg"])
-        self.step("retrieval").load_running_state(state["bank"])
+        self.step("memory_retrieval").load_running_state(state["bank"])
         self.updates = int(state["updates"])
 
     # ---------------------------------------------------------------------------- report
@@ -234,8 +226,8 @@ class MemoryComponent(Component):
         return {**self.option_values(), "states": self.state_names, "types": self.type_names}
 
     def report(self) -> dict[str, Any]:
-        zscore: MovingZScore = self.step("zscore")
-        retrieval: MemoryRetrieval = self.step("retrieval")
+        zscore: MovingZScore = self.step("memory_zscore")
+        retrieval: MemoryRetrieval = self.step("memory_retrieval")
         size = retrieval.size
         banks = {}
         for code, name in enumerate(self.type_names[: retrieval.n_types]):

@@ -300,10 +300,12 @@ class ResourceComponent(Component):
     # ---------------------------------------------------------------------------- genes
     def _select_genes(self, store: CellStore) -> ResourceGenes:
         var = store.var()
-        symbols = store.var_names if self.gene_symbol_key is None else None
-        matcher = gene_matcher(store, self.gene_symbol_key)
-        if symbols is None:
-            symbols = var[self.gene_symbol_key].astype(str).tolist()
+        matcher = gene_matcher(store, self.gene_symbol_key)  # checks gene_symbol_key first
+        symbols = (
+            store.var_names
+            if self.gene_symbol_key is None
+            else var[self.gene_symbol_key].astype(str).tolist()
+        )
         path = resolve_annotation_path(self.resource_gene_sets)
         sets = read_gmt(path)
         by_key: dict[str, list[str]] = {}
@@ -393,13 +395,6 @@ class ResourceComponent(Component):
         if self._transforms is None:
             raise RuntimeError("ResourceComponent: call setup() before transforms()")
         return self._transforms
-
-    def step(self, name: str) -> Any:
-        """One of this component's transforms by its pipeline name (after ``setup``)."""
-        for step_name, transform, _ in self.transforms():
-            if step_name == name:
-                return transform
-        raise KeyError(f"ResourceComponent has no step {name!r}")
 
     @property
     def covariate_names(self) -> list[str]:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from enhanced_dm.components.base import Component, Slot
 from enhanced_dm.errors import ConfigError
-from enhanced_dm.options import Option, at_least, in_interval
+from enhanced_dm.options import BATCH_KEY, Option, at_least, in_interval
 from enhanced_dm.transforms.base import Transform
 from enhanced_dm.transforms.noise import (
     NOISE_TYPES,
@@ -97,8 +97,7 @@ class StochasticComponent(Component):
             _strength_range_ok,
             "two numbers 0 <= low <= high <= 1",
         ),
-        # the DataModule's own batch_key (declared alike: one meaning per option name)
-        Option("batch_key", None, str | None, "obs column of the batch (batch_n codes)."),
+        BATCH_KEY,  # the DataModule's own
     )
 
     def __init__(self, *args: Any, **options: Any) -> None:
@@ -141,8 +140,7 @@ class StochasticComponent(Component):
         return self._transforms
 
     def variability(self) -> GeneVariability:
-        step = self.transforms()[0][1]
-        assert isinstance(step, GeneVariability)
+        step: GeneVariability = self.step("gene_variability")
         return step
 
     def gene_variability(self) -> pd.DataFrame:

@@ -220,12 +220,6 @@ class TemporalComponent(Component):
             raise RuntimeError("TemporalComponent: call setup() before transforms()")
         return self._transforms
 
-    def step(self, name: str) -> Any:
-        for step_name, transform, _ in self.transforms():
-            if step_name == name:
-                return transform
-        raise KeyError(f"TemporalComponent has no step {name!r}")
-
     # ------------------------------------------------------------------------- sequences
     def batch_sampler(
         self,

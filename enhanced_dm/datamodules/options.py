@@ -8,7 +8,14 @@ from typing import Any, Literal
 
 from enhanced_dm.errors import ConfigError
 from enhanced_dm.monitors.pipeline_monitor import NanPolicy
-from enhanced_dm.options import Option, at_least, greater_than, in_interval
+from enhanced_dm.options import (
+    BATCH_KEY,
+    CELL_TYPE_KEY,
+    Option,
+    at_least,
+    greater_than,
+    in_interval,
+)
 from enhanced_dm.transforms.registry import GENE_NORMALIZATIONS
 
 __all__ = [
@@ -81,8 +88,8 @@ BASE_OPTIONS: tuple[Option, ...] = (
         "Options of the gene-wise normalization (n_quantiles, output_distribution, theta, clip).",
     ),
     # ---------------------------------------------------------------------- obs and genes
-    Option("batch_key", None, str | None, "obs column of the batch (batch_n codes)."),
-    Option("cell_type_key", None, str | None, "obs column of the cell type (cell_type_n)."),
+    BATCH_KEY,
+    CELL_TYPE_KEY,
     Option("obs_keys", (), Sequence[str], "More obs columns carried as <name>_n."),
     Option("total_counts_key", None, str | None, "obs column of library sizes over all genes."),
     Option("genes", None, Sequence[str] | None, "Restrict / order the genes (var names)."),

@@ -50,7 +50,7 @@ def test_state_and_type_groups_keep_the_most_frequent() -> None:
 
 def test_moving_statistics_follow_a_hand_computed_reference_and_freeze_outside_training() -> None:
     dm = fitted()
-    zscore = dm.memory.step("zscore")
+    zscore = dm.memory.step("memory_zscore")
     mean = zscore.fitted_mean_sg.clone()
     square = zscore.fitted_square_sg.clone()
     for batch in dm.val_dataloader():
@@ -83,7 +83,7 @@ def test_moving_statistics_follow_a_hand_computed_reference_and_freeze_outside_t
 
 def test_retrieval_equals_brute_force_top_k_of_the_cells_own_type() -> None:
     dm = fitted()
-    retrieval = dm.memory.step("retrieval")
+    retrieval = dm.memory.step("memory_retrieval")
     loader = iter(dm.train_dataloader())
     for _ in range(6):
         dm.normalize(next(loader), stage="train")
@@ -110,13 +110,13 @@ def test_a_training_batch_retrieves_before_it_is_written() -> None:
     first = dm.normalize(next(iter(dm.train_dataloader())), stage="train")
     assert bool((first["memory_neighbor_slot_nj"] == -1).all())  # the bank was empty
     assert bool((first["memory_neighbor_similarity_nj"] == 0).all())
-    retrieval = dm.memory.step("retrieval")
+    retrieval = dm.memory.step("memory_retrieval")
     assert int(retrieval.valid_m.sum()) == first["cell_index_n"].shape[0]
 
 
 def test_the_ring_buffer_overwrites_the_oldest_slots_in_order() -> None:
     dm = fitted(memory_size=4, num_memory_types=1, memory_type_key=None, cell_type_key=None)
-    retrieval = dm.memory.step("retrieval")
+    retrieval = dm.memory.step("memory_retrieval")
     written: list[int] = []
     for batch in list(dm.train_dataloader())[:3]:
         out = dm.normalize(batch, stage="train")
@@ -210,5 +210,5 @@ def test_the_reference_loader() -> None:
     )
     items = [loader.dataset()[i] for i in range(16)]
     out = loader.train()(items)
-    assert out["memory_md"].shape == (5000, loader.datamodule.memory.step("embedding").dim)
+    assert out["memory_md"].shape == (5000, loader.datamodule.memory.step("memory_embedding").dim)
     assert loader.get_memory_stats()["updates"] == 1
