@@ -395,15 +395,11 @@ def prepare(arguments: Sequence[str]) -> None:
     print(f"wrote {target} in {time.perf_counter() - started:.1f} s", flush=True)
 
 
-GROUPS_FOR_DATAMODULE = {
-    "temporal": {"data": "hsmm_timecourse"},
-    "stochastic": {"normalization": "pearson"},
-}
+GROUPS_FOR_DATAMODULE = {"temporal": {"data": "hsmm_timecourse"}}
 """Config groups a DataModule needs when the command line picks it but not them: the default
-data (bundled PBMCs) hold no time course, and the default normalization group (z_score) would
-replace the Pearson residuals a StochasticDataModule defaults to. Hydra cannot switch those
-groups from a datamodule config (the override would have to come after them, and they set
-datamodule options it must not overwrite), so the command adds the overrides."""
+data (bundled PBMCs) hold no time course. Hydra cannot switch the data group from a datamodule
+config (the override would have to come after it, and it sets datamodule options the override
+must not overwrite), so the command adds the override."""
 
 
 def with_datamodule_groups(overrides: Sequence[str]) -> list[str]:

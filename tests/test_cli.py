@@ -212,10 +212,10 @@ def test_added_overrides_join_the_users_own_run_of_overrides() -> None:
         "task=stats",
         "normalization=z_score,none",
     ]
-    assert _with_added(["datamodule=stochastic", "--cfg", "job"], ["task=fit"]) == [
+    assert _with_added(["datamodule=temporal", "--cfg", "job"], ["task=fit"]) == [
         "task=fit",
-        "normalization=pearson",
-        "datamodule=stochastic",
+        "data=hsmm_timecourse",
+        "datamodule=temporal",
         "--cfg",
         "job",
     ]

@@ -249,9 +249,6 @@ def test_the_command_picks_the_groups_a_datamodule_needs() -> None:
     ]
     chosen = ["datamodule=temporal", "data=path", "data.path=x.h5ad"]
     assert with_datamodule_groups(chosen) == chosen
-    assert with_datamodule_groups(["datamodule=stochastic"])[-1] == "normalization=pearson"
-    chosen = ["datamodule=stochastic", "normalization=robust"]
-    assert with_datamodule_groups(chosen) == chosen
     assert with_datamodule_groups(["datamodule=base"]) == ["datamodule=base"]
 
 
