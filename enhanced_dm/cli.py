@@ -44,7 +44,8 @@ USAGE = f"""usage: enhanced-dm {{{",".join(TASKS)}}} [hydra overrides...] [-m] [
             normalization statistics report
   validate  evaluate on the validation split (give ckpt_path=...)
   test      evaluate on the test split (give ckpt_path=...)
-  predict   run the model over every cell and save predictions.pt (give ckpt_path=...)
+  predict   run the model over every cell and save predictions.pt and a table keyed by
+            obs name, predictions.csv (give ckpt_path=...)
   stats     only fit the normalization and write its report (JSON + PNG plots)
   prepare   SOURCE.h5ad TARGET.h5ad [--layer NAME ...] [--overwrite]: copy with X (and the
             named layers) stored contiguous and uncompressed, for fast direct backed reads of a
@@ -211,6 +212,7 @@ def run(cfg: Any) -> float | None:
     from hydra.utils import instantiate
 
     from enhanced_dm.plots import write_stats_report
+    from enhanced_dm.predictions import write_prediction_table
 
     started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
@@ -240,10 +242,9 @@ def run(cfg: Any) -> float | None:
         outputs = trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path) or []
         merged = {key: torch.cat([batch[key] for batch in outputs]) for key in outputs[0]}
         # Under DDP each rank predicts its own shard of the cells (cell_index_n says which).
-        name = (
-            "predictions.pt" if trainer.world_size == 1 else f"predictions_{trainer.global_rank}.pt"
-        )
-        torch.save(merged, output_dir / name)
+        stem = "predictions" if trainer.world_size == 1 else f"predictions_{trainer.global_rank}"
+        torch.save(merged, output_dir / f"{stem}.pt")
+        write_prediction_table(merged, datamodule, model, output_dir / f"{stem}.csv")
     report: dict[str, Path] | None = None
     if cfg.task == "fit" and cfg.stats_report:
         if trainer.world_size == 1:
@@ -308,6 +309,7 @@ def _print_summary(
             if callback.best_model_path:
                 lines.append(f"  {kind} checkpoint: {callback.best_model_path}")
     lines += [f"  predictions: {path}" for path in sorted(output_dir.glob("predictions*.pt"))]
+    lines += [f"  prediction table: {path}" for path in sorted(output_dir.glob("predictions*.csv"))]
     if report is not None:
         lines.append(f"  statistics: {report['statistics']}")
         lines.append(f"  per-gene table: {report['genes']}")
