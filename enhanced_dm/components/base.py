@@ -19,7 +19,7 @@ Within a slot, steps run in component order, then in the order a component lists
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import numpy as np
@@ -73,6 +73,11 @@ class Component:
       raises :class:`NotSetUpError` when asked before ``setup`` if it needs the data.
     * ``sequence_outputs(batch)``: keys computed from a batch of sequences once it has its
       sequence layout (``*_ns`` keys, ``mask_ns``), e.g. attention masks over positions.
+    * ``missing_input(obs_keys)``: why the component cannot run on data with these obs columns
+      (or a file it needs is absent), None when it can; a composition switches it off then.
+    * ``context_streams()``: the per-cell feature matrices it writes that a model reads beside
+      ``x_ng`` (batch key -> at most this many columns; after ``setup``), which a composition
+      may weight.
     """
 
     name: ClassVar[str] = "component"
@@ -177,6 +182,15 @@ class Component:
 
     def sequence_outputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Keys added to a batch of sequences after it is reshaped (none by default)."""
+        return {}
+
+    def missing_input(self, obs_keys: Collection[str]) -> str | None:
+        """The obs columns it reads (:meth:`obs_columns`) that the data lack, in words, or None."""
+        missing = sorted(set(self.obs_columns().values()) - set(obs_keys))
+        return f"the data have no obs column {missing}" if missing else None
+
+    def context_streams(self) -> dict[str, int]:
+        """Batch key -> most columns of each context stream it writes (none by default)."""
         return {}
 
 

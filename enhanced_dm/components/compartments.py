@@ -195,6 +195,9 @@ class CompartmentComponent(GeneSetComponent):
             ("compartment_zscore", ZScore(selection.n_sets, key="compartment_x_nk")),
         ]
 
+    def context_streams(self) -> dict[str, int]:
+        return {"compartment_x_nk": self.require_selection().n_sets}
+
     def output_steps(self) -> dict[str, str]:
         return {
             "fractions": "compartment_fraction",

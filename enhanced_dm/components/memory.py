@@ -23,6 +23,7 @@ from enhanced_dm.transforms.memory import (
 
 if TYPE_CHECKING:
     from enhanced_dm.data.store import CellStore
+    from enhanced_dm.transforms.build import PipelineSettings
     from enhanced_dm.transforms.context import StepContext
 
 __all__ = ["MemoryComponent", "frequent_groups"]
@@ -115,7 +116,13 @@ class MemoryComponent(Component):
         self.state_names: list[str] = ["all"]
         self.type_names: list[str] = ["all"]
         self.updates = 0
+        self.owns_gene_wise = True
         self._transforms: list[tuple[str, Transform, Slot]] | None = None
+
+    def configure(self, settings: PipelineSettings) -> None:
+        """Beside another gene-wise owner (a composition's ``gene_wise``) the moving z-score
+        keeps running, from ``x_log_ng`` into ``x_memory_ng``, which the embedding then reads."""
+        self.owns_gene_wise = settings.gene_wise_owner in (None, self.name)
 
     def obs_columns(self) -> dict[str, str]:
         columns = {}
@@ -155,7 +162,14 @@ class MemoryComponent(Component):
             None if self.type_key is None else f"{TYPE_OBS}_n",
             torch.from_numpy(type_lookup),
         )
-        zscore = MovingZScore(store.n_genes, n_states, self.memory_decay_rate)
+        expression = "x_ng" if self.owns_gene_wise else "x_memory_ng"
+        zscore = MovingZScore(
+            store.n_genes,
+            n_states,
+            self.memory_decay_rate,
+            input_key="x_ng" if self.owns_gene_wise else "x_log_ng",
+            output_key=expression,
+        )
         genes = min(store.n_genes, MAX_EMBEDDING_GENES)
         dim = min(self.memory_dim, genes, max(len(self.split["train"]) - 1, 1))
         if dim < self.memory_dim:
@@ -164,13 +178,13 @@ class MemoryComponent(Component):
                 f"{len(self.split['train'])} train cells); the embedding has {dim} dimensions",
                 stacklevel=3,
             )
-        embedding = MemoryEmbedding(store.n_genes, genes, dim, zscore)
+        embedding = MemoryEmbedding(store.n_genes, genes, dim, zscore, input_key=expression)
         retrieval = MemoryRetrieval(
             n_types, self.memory_size, dim, self.num_neighbors, self.memory_decay_rate
         )
         self._transforms = [
             ("memory_groups", groups, "counts"),
-            ("memory_zscore", zscore, "gene_wise"),
+            ("memory_zscore", zscore, "gene_wise" if self.owns_gene_wise else "after_gene_wise"),
             ("memory_embedding", embedding, "after_gene_wise"),
             ("memory_retrieval", retrieval, "after_gene_wise"),
         ]

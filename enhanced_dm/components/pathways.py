@@ -597,6 +597,9 @@ class PathwayComponent(GeneSetComponent):
             steps.append(("pathway_zscore", ZScore(selection.n_sets, key="pathway_scores_np")))
         return steps
 
+    def context_streams(self) -> dict[str, int]:
+        return {"pathway_scores_np": self.require_selection().n_sets}
+
     def output_steps(self) -> dict[str, str]:
         if self.pathway_score != "mean_z":
             return {"scores": "pathway_scores"}

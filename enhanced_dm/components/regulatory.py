@@ -4,7 +4,7 @@ device (decoupler's ULM or weighted mean), and gene-type-specific normalization.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -15,7 +15,7 @@ import torch
 from enhanced_dm.annotations import load_network, read_gene_types
 from enhanced_dm.components.base import Component, Slot
 from enhanced_dm.components.pathways import GENE_SYMBOL_KEY, gene_matcher, resolve_annotation_path
-from enhanced_dm.errors import ConfigError
+from enhanced_dm.errors import ConfigError, EnhancedDMError
 from enhanced_dm.fitting.cache import fingerprint
 from enhanced_dm.fitting.detection import DetectedGenesMetric
 from enhanced_dm.options import Option, at_least
@@ -474,6 +474,23 @@ class RegulatoryComponent(Component):
 
     def output_steps(self) -> dict[str, str]:
         return {"tf_activity": "tf_activity"}
+
+    def context_streams(self) -> dict[str, int]:
+        return {"tf_activity_nr": self.require_network().n_regulators}
+
+    def missing_input(self, obs_keys: Collection[str]) -> str | None:
+        source = self.interaction_matrix_file
+        if isinstance(source, pd.DataFrame) or self.network is not None:
+            return super().missing_input(obs_keys)
+        try:
+            path = resolve_annotation_path(source)
+        except EnhancedDMError as error:
+            return str(error)
+        return (
+            None
+            if path.is_file()
+            else f"interaction_matrix_file {os.fspath(path)!r} does not exist"
+        )
 
     def config(self) -> dict[str, Any]:
         options = {

@@ -407,6 +407,9 @@ class ResourceComponent(Component):
     def output_steps(self) -> dict[str, str]:
         return {"covariates_nc": "resource_covariates", "resource_nd": "resource_embedding"}
 
+    def context_streams(self) -> dict[str, int]:
+        return {"resource_nd": self.resource_dim}
+
     def config(self) -> dict[str, Any]:
         options = {
             name: value

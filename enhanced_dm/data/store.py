@@ -26,7 +26,7 @@ from enhanced_dm.data.sources import (
 )
 from enhanced_dm.errors import ConfigError, DataFileError
 
-__all__ = ["CellStore", "DataInput", "ValueCheck", "check_values"]
+__all__ = ["CellStore", "DataInput", "ValueCheck", "check_values", "obs_keys"]
 
 logger = logging.getLogger(__name__)
 INT32_MAX = 2**31 - 1
@@ -60,6 +60,20 @@ def _expand_inputs(data: DataInput) -> list[str | os.PathLike[str] | anndata.Ann
     if not expanded:
         raise DataFileError("no data given: expected a path, a list of paths or an AnnData")
     return expanded
+
+
+def obs_keys(data: DataInput) -> set[str]:
+    """The obs columns that every dataset of ``data`` has, read before a store is opened (a
+    composition decides there which components the data can feed)."""
+    keys: set[str] | None = None
+    for index, item in enumerate(_expand_inputs(data)):
+        source = open_source(item, backed=True, layer=None, index=index)
+        try:
+            columns = {str(column) for column in source.obs.columns}
+        finally:
+            source.close()
+        keys = columns if keys is None else keys & columns
+    return keys or set()
 
 
 @dataclass

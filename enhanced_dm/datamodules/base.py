@@ -73,6 +73,9 @@ class BaseEnhancedDataModule(L.LightningDataModule):
 
     component_classes: ClassVar[tuple[type[Component], ...]] = ()
     """The components every instance is built with, from the options they declare."""
+    datamodule_options: ClassVar[tuple[Option, ...]] = ()
+    """Options of the DataModule itself, beyond the base's and its components' (a composition's
+    choice of components, ...)."""
     option_defaults: ClassVar[Mapping[str, Any]] = {}
     """Other defaults for declared options (e.g. the noise-aware normalization of a DataModule
     whose data are raw counts); the signature and the Hydra schema show them."""
@@ -107,9 +110,11 @@ class BaseEnhancedDataModule(L.LightningDataModule):
 
     @classmethod
     def declared_options(cls) -> list[Option]:
-        """The components' options, then the base options (one declaration per name), with
-        :attr:`option_defaults` applied."""
-        merged = merge_options([*(c.options for c in cls.component_classes), BASE_OPTIONS])
+        """The components' options, the DataModule's own, then the base options (one
+        declaration per name), with :attr:`option_defaults` applied."""
+        merged = merge_options(
+            [*(c.options for c in cls.component_classes), cls.datamodule_options, BASE_OPTIONS]
+        )
         unknown = set(cls.option_defaults) - {option.name for option in merged}
         if unknown:
             raise TypeError(f"{cls.__name__}.option_defaults names unknown options {unknown}")

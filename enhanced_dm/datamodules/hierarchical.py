@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from enhanced_dm.components.base import Component
 from enhanced_dm.components.compartments import (
     DEFAULT_COMPARTMENT_ANNOTATION_FILE,
     CompartmentComponent,
@@ -38,7 +39,10 @@ class HierarchicalDataModule(BaseEnhancedDataModule):
     pathway's genes, padded with -1).
     """
 
-    component_classes = (PathwayComponent, CompartmentComponent)
+    component_classes: ClassVar[tuple[type[Component], ...]] = (
+        PathwayComponent,
+        CompartmentComponent,
+    )
 
     @property
     def pathways(self) -> PathwayComponent:

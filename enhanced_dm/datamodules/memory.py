@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from enhanced_dm.components.base import Component
 from enhanced_dm.components.memory import MemoryComponent
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 
@@ -22,7 +25,7 @@ class MemoryDataModule(BaseEnhancedDataModule):
     the drift of the moving statistics, the updates applied and the retrieval similarities.
     """
 
-    component_classes = (MemoryComponent,)
+    component_classes: ClassVar[tuple[type[Component], ...]] = (MemoryComponent,)
 
     @property
     def memory(self) -> MemoryComponent:

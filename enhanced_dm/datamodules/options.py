@@ -180,11 +180,6 @@ def check_base_options(values: dict[str, Any]) -> dict[str, Any]:
         values["robust_normalization"],
         values["quantile_normalization"],
     )
-    if values["batch_aware_normalization"] and values["biological_normalization"]:
-        raise ConfigError(
-            "batch_aware_normalization and biological_normalization both group the "
-            "gene statistics; choose one"
-        )
     if values["batch_aware_normalization"] and values["batch_key"] is None:
         raise ConfigError("batch_aware_normalization=True needs batch_key (an obs column)")
     if values["biological_normalization"] and values["cell_type_key"] is None:

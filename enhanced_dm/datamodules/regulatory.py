@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
+from enhanced_dm.components.base import Component
 from enhanced_dm.components.regulatory import RegulatoryComponent
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 
@@ -24,7 +27,7 @@ class RegulatoryDataModule(BaseEnhancedDataModule):
     summary.
     """
 
-    component_classes = (RegulatoryComponent,)
+    component_classes: ClassVar[tuple[type[Component], ...]] = (RegulatoryComponent,)
 
     @property
     def regulatory(self) -> RegulatoryComponent:

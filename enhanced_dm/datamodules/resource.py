@@ -3,6 +3,9 @@ embedding and (optionally) covariates regressed out of the expression."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from enhanced_dm.components.base import Component
 from enhanced_dm.components.resource import ResourceComponent
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 from enhanced_dm.transforms.resource import ALLOCATION_CATEGORIES
@@ -24,7 +27,7 @@ class ResourceDataModule(BaseEnhancedDataModule):
     efficiency range.
     """
 
-    component_classes = (ResourceComponent,)
+    component_classes: ClassVar[tuple[type[Component], ...]] = (ResourceComponent,)
 
     @property
     def resource(self) -> ResourceComponent:

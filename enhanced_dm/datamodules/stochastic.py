@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from enhanced_dm.components.base import Component
 from enhanced_dm.components.stochastic import StochasticComponent
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 
@@ -26,7 +27,7 @@ class StochasticDataModule(BaseEnhancedDataModule):
     realised augmentation since the last reset.
     """
 
-    component_classes = (StochasticComponent,)
+    component_classes: ClassVar[tuple[type[Component], ...]] = (StochasticComponent,)
     option_defaults: ClassVar[Mapping[str, Any]] = {
         "normalization_type": "pearson",
         "per_cell_normalization": False,

@@ -3,8 +3,11 @@ kinetics features, sequences of cells)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
+from enhanced_dm.components.base import Component
 from enhanced_dm.components.temporal import TemporalComponent
 from enhanced_dm.datamodules.base import BaseEnhancedDataModule
 
@@ -25,7 +28,7 @@ class TemporalDataModule(BaseEnhancedDataModule):
     normalized values, steps that fell back to global statistics and the sequences served.
     """
 
-    component_classes = (TemporalComponent,)
+    component_classes: ClassVar[tuple[type[Component], ...]] = (TemporalComponent,)
 
     @property
     def temporal(self) -> TemporalComponent:

@@ -3,6 +3,7 @@ matrices), and the solvers that turn them into coefficients and components."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ __all__ = [
     "LeastSquaresFit",
     "LinearModelMetric",
     "PrincipalComponents",
+    "gram_components",
     "principal_components",
     "solve_least_squares",
 ]
@@ -181,6 +183,20 @@ class PrincipalComponents:
     components_fk: torch.Tensor
     variance_k: torch.Tensor
     total_variance: float
+
+
+def gram_components(result: Mapping[str, torch.Tensor], k: int, what: str) -> PrincipalComponents:
+    """:func:`principal_components` of a :class:`GramMetric` result; when fewer than ``k`` are
+    usable, one warning naming ``what`` says that its last columns stay 0."""
+    pca = principal_components(float(result["count"]), result["sum_f"], result["gram_ff"], k)
+    found = pca.components_fk.shape[1]
+    if found < k:
+        warnings.warn(
+            f"{what}: {found} usable principal components of the {k} asked (the rank of the "
+            "train cells' values); the rest of its columns are 0",
+            stacklevel=3,
+        )
+    return pca
 
 
 def principal_components(

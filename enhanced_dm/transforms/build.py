@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from enhanced_dm.errors import ConfigError
 from enhanced_dm.transforms.base import Pipeline, Transform
 from enhanced_dm.transforms.densify import Densify, DensifyExpression, KeepLogExpression
+from enhanced_dm.transforms.grouped import BATCH_CELL_TYPE_KEY, CombinedGroups
 from enhanced_dm.transforms.log1p import Log1p
 from enhanced_dm.transforms.normalize_total import NormalizeTotal
 from enhanced_dm.transforms.registry import GENE_NORMALIZATIONS, build_gene_normalization
@@ -23,8 +24,17 @@ if TYPE_CHECKING:
     from enhanced_dm.components.base import Component
     from enhanced_dm.data.store import CellStore
 
-__all__ = ["CORE_KEYS", "PipelineSettings", "build_pipeline", "warn_if_counts_needed"]
+__all__ = [
+    "BASE_GENE_WISE",
+    "BATCH_CELL_TYPE_KEY",
+    "CORE_KEYS",
+    "PipelineSettings",
+    "build_pipeline",
+    "warn_if_counts_needed",
+]
 
+BASE_GENE_WISE = "base"
+"""``gene_wise`` value naming the DataModule's own gene-wise step (``normalization_type``)."""
 CORE_KEYS = frozenset({"x_ng", "counts_ng", "total_counts_n", "cell_index_n"})
 """Keys every pipeline carries; the counts slot and the gene-wise owner rewrite them by design."""
 
@@ -41,20 +51,30 @@ class PipelineSettings:
     dense_counts: bool = True
     group_key: str | None = None
     n_groups: int = 0
+    n_cell_types: int = 0
+    """Cell types, when the groups are batch x cell type (:data:`BATCH_CELL_TYPE_KEY`)."""
     normalization_options: Mapping[str, Any] = field(default_factory=dict)
     gene_wise_owner: str | None = None
-    """Name of the component whose ``gene_wise`` steps replace the base's, when several claim
-    the slot (a composition chooses one); None: at most one may claim it."""
+    """Name of the component whose ``gene_wise`` steps replace the base's when several claim
+    the slot (a composition's ``gene_wise`` option), :data:`BASE_GENE_WISE` for the base's own
+    step whatever the components claim; None: at most one component may claim it."""
 
     @classmethod
     def from_options(
         cls, options: Mapping[str, Any], categories: Mapping[str, Sequence[str]]
     ) -> PipelineSettings:
         """From a DataModule's option values (``categories`` sizes the grouped statistics)."""
-        group_key, n_groups = None, 0
-        if options["batch_aware_normalization"]:
+        group_key, n_groups, n_cell_types = None, 0, 0
+        by_batch, by_type = (
+            options["batch_aware_normalization"],
+            options["biological_normalization"],
+        )
+        if by_batch and by_type:
+            group_key, n_cell_types = BATCH_CELL_TYPE_KEY, len(categories["cell_type"])
+            n_groups = len(categories["batch"]) * n_cell_types
+        elif by_batch:
             group_key, n_groups = "batch_n", len(categories["batch"])
-        elif options["biological_normalization"]:
+        elif by_type:
             group_key, n_groups = "cell_type_n", len(categories["cell_type"])
         return cls(
             normalization_type=options["normalization_type"],
@@ -65,13 +85,14 @@ class PipelineSettings:
             dense_counts=options["dense_counts"],
             group_key=group_key,
             n_groups=n_groups,
+            n_cell_types=n_cell_types,
             normalization_options={
                 "max_value": options["max_value"],
                 "stats_max_cells": options["stats_max_cells"],
                 "seed": options["seed"],
                 **dict(options["normalization_options"] or {}),
             },
-            gene_wise_owner=options.get("gene_wise_owner"),
+            gene_wise_owner=options.get("gene_wise"),
         )
 
 
@@ -110,12 +131,13 @@ def _component_steps(
     if gene_wise_owner is None and len(claims) > 1:
         raise ConfigError(
             f"components {claims} all replace the gene-wise normalization; at most one may "
-            "(a composition chooses the owner by its gene_wise_owner option)"
+            "(a composition chooses the owner by its gene_wise option)"
         )
-    if gene_wise_owner is not None and gene_wise_owner not in claims:
+    if gene_wise_owner not in (None, BASE_GENE_WISE, *claims):
         raise ConfigError(
-            f"gene_wise_owner={gene_wise_owner!r}, but the components that replace the "
-            f"gene-wise normalization are {claims}"
+            f"gene_wise={gene_wise_owner!r}, but the components that replace the gene-wise "
+            f"normalization are {claims} (or {BASE_GENE_WISE!r}: the DataModule's own "
+            "normalization_type)"
         )
     return by_slot
 
@@ -149,7 +171,14 @@ def build_pipeline(
     gene-wise or later step declares ``reads_log_expression``.
     """
     slots = _component_steps(components, settings.gene_wise_owner)
-    pipeline = Pipeline(slots["counts"])
+    pipeline = Pipeline()
+    if settings.group_key == BATCH_CELL_TYPE_KEY:
+        combined = CombinedGroups(
+            "batch_n", "cell_type_n", settings.n_cell_types, BATCH_CELL_TYPE_KEY
+        )
+        pipeline.add("batch_cell_type", combined)
+    for name, step in slots["counts"]:
+        pipeline.add(name, step)
     pipeline.add("densify", Densify(settings.dense_counts))
     if settings.per_cell_normalization:
         pipeline.add("normalize_total", NormalizeTotal(settings.target_sum))

@@ -4,13 +4,60 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from enhanced_dm.transforms.base import FittableTransform
+from enhanced_dm.transforms.base import Batch, FittableTransform, Transform
 
-__all__ = ["GroupedTransform", "warn_groups_without_train_cells"]
+if TYPE_CHECKING:
+    from enhanced_dm.transforms.context import StepContext
+
+__all__ = [
+    "BATCH_CELL_TYPE_KEY",
+    "CombinedGroups",
+    "GroupedTransform",
+    "group_names",
+    "warn_groups_without_train_cells",
+]
+
+
+BATCH_CELL_TYPE_KEY = "batch_cell_type_n"
+"""Group codes of batch x cell type (``batch_aware_normalization`` and
+``biological_normalization`` together): ``batch * n_cell_types + cell_type``."""
+
+
+class CombinedGroups(Transform):
+    """``key`` = ``outer * n_inner + inner`` from two group codes (e.g. batch x cell type), -1
+    where either is missing: one grouping for statistics fitted per pair."""
+
+    reads_counts = False
+    monitored = False
+
+    def __init__(self, outer_key: str, inner_key: str, n_inner: int, key: str) -> None:
+        super().__init__()
+        self.outer_key, self.inner_key, self.n_inner = outer_key, inner_key, int(n_inner)
+        self.output_key = key
+
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
+    ) -> Batch:
+        outer, inner = batch[self.outer_key].long(), batch[self.inner_key].long()
+        codes = torch.where((outer >= 0) & (inner >= 0), outer * self.n_inner + inner, -1)
+        return {self.output_key: codes}
+
+    def __repr__(self) -> str:
+        return f"CombinedGroups({self.outer_key} x {self.inner_key} -> {self.output_key})"
+
+
+def group_names(group_key: str, categories: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """Names of the groups of ``group_key`` (``"<batch>/<cell type>"`` for combined codes)."""
+    names = categories.get(group_key.removesuffix("_n"))
+    if names is not None:
+        return list(names)
+    if group_key == BATCH_CELL_TYPE_KEY and {"batch", "cell_type"} <= set(categories):
+        return [f"{b}/{c}" for b in categories["batch"] for c in categories["cell_type"]]
+    return None
 
 
 class GroupedTransform(FittableTransform):
@@ -53,5 +100,4 @@ def warn_groups_without_train_cells(
     """Let every grouped transform warn (once) about groups that had no train cells."""
     for transform in transforms:
         if isinstance(transform, GroupedTransform) and transform.group_key is not None:
-            names = categories.get(transform.group_key.removesuffix("_n"))
-            transform.warn_unfitted_groups(None if names is None else list(names))
+            transform.warn_unfitted_groups(group_names(transform.group_key, categories))

@@ -4,13 +4,12 @@ cells."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from enhanced_dm.fitting.linear import GramMetric, principal_components
+from enhanced_dm.fitting.linear import GramMetric, gram_components
 from enhanced_dm.fitting.moments import RawMomentsMetric, scale_or_one
 from enhanced_dm.transforms import functional as F
 from enhanced_dm.transforms.base import Batch, FittableTransform, Transform
@@ -86,9 +85,20 @@ class MovingZScore(FittableTransform):
     mean_sg: torch.Tensor
     square_sg: torch.Tensor
 
-    def __init__(self, n_genes: int, n_states: int, decay_rate: float) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        n_states: int,
+        decay_rate: float,
+        input_key: str = "x_ng",
+        output_key: str = "x_ng",
+    ) -> None:
+        """``input_key`` / ``output_key``: ``x_ng`` in the gene-wise slot; beside another
+        gene-wise owner, ``x_log_ng`` -> a key of its own (``x_memory_ng``)."""
         super().__init__()
         self.decay_rate = float(decay_rate)
+        self.input_key = input_key
+        self.output_key = output_key
         f64 = torch.float64
         for name in ("fitted_mean_sg", "fitted_square_sg", "mean_sg", "square_sg"):
             self.register_buffer(name, torch.zeros(n_states, n_genes, dtype=f64))
@@ -98,7 +108,7 @@ class MovingZScore(FittableTransform):
 
     def fit_metric(self) -> RawMomentsMetric:
         n_states, n_genes = self.mean_sg.shape
-        return RawMomentsMetric(n_genes, n_states, "x_ng", "memory_state_n")
+        return RawMomentsMetric(n_genes, n_states, self.input_key, "memory_state_n")
 
     def load_fitted(self, result: Mapping[str, torch.Tensor]) -> None:
         n_states, n_genes = self.mean_sg.shape
@@ -153,12 +163,12 @@ class MovingZScore(FittableTransform):
     def forward(
         self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
     ) -> Batch:
-        x_ng = F.densify(batch["x_ng"])
+        x_ng = F.densify(batch[self.input_key])
         state_n = batch["memory_state_n"]
         # per-state tables in x's dtype first (states x genes), then one row per cell
         inverse_sg = self.scale_sg().reciprocal().to(x_ng.dtype)
         shift_sg = self.mean_sg.to(x_ng.dtype) * inverse_sg
-        return {"x_ng": x_ng * inverse_sg[state_n] - shift_sg[state_n]}
+        return {self.output_key: x_ng * inverse_sg[state_n] - shift_sg[state_n]}
 
     def __repr__(self) -> str:
         return f"MovingZScore(states={self.mean_sg.shape[0]}, decay_rate={self.decay_rate})"
@@ -181,9 +191,15 @@ class MemoryEmbedding(FittableTransform):
     components_ed: torch.Tensor
 
     def __init__(
-        self, n_genes: int, n_selected: int, dim: int, variance_source: MovingZScore
+        self,
+        n_genes: int,
+        n_selected: int,
+        dim: int,
+        variance_source: MovingZScore,
+        input_key: str = "x_ng",
     ) -> None:
         super().__init__()
+        self.input_key = input_key
         self.dim = int(dim)
         self.n_genes = int(n_genes)
         self._source = [variance_source]  # a list: not a submodule (its buffers are its own)
@@ -201,19 +217,11 @@ class MemoryEmbedding(FittableTransform):
             variance_g = (source.fitted_square_sg - source.fitted_mean_sg**2).mean(0)
             top = torch.topk(variance_g, int(self.genes_e.numel())).indices
             self.genes_e = torch.sort(top).values.to(self.genes_e.device)
-        return GramMetric({"x_ng": self.genes_e})
+        return GramMetric({self.input_key: self.genes_e})
 
     def load_fitted(self, result: Mapping[str, torch.Tensor]) -> None:
-        pca = principal_components(
-            float(result["count"]), result["sum_f"], result["gram_ff"], self.dim
-        )
+        pca = gram_components(result, self.dim, "memory embedding")
         found = pca.components_fk.shape[1]
-        if found < self.dim:
-            warnings.warn(
-                f"memory embedding: {found} usable components of the {self.dim} asked "
-                "(the rank of the train cells' normalized expression); the rest are 0",
-                stacklevel=2,
-            )
         components = torch.zeros_like(self.components_ed)
         components[:, :found] = pca.components_fk
         self.mean_e = pca.mean_f.to(self.mean_e.device)
@@ -223,7 +231,7 @@ class MemoryEmbedding(FittableTransform):
     def forward(
         self, batch: Mapping[str, torch.Tensor], context: StepContext | None = None
     ) -> Batch:
-        x_ng = F.densify(batch["x_ng"])
+        x_ng = F.densify(batch[self.input_key])
         f32 = torch.float32
         embedded = (x_ng[:, self.genes_e].to(f32) - self.mean_e.to(f32)) @ self.components_ed.to(
             f32

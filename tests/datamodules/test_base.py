@@ -100,6 +100,19 @@ def test_cell_type_aware_z_score_matches_scale_per_cell_type() -> None:
     assert_matches_scale_per_group(predicted_x(dm), "cell_type")
 
 
+def test_batch_and_cell_type_aware_z_score_matches_scale_per_pair() -> None:
+    """Both flags (the reference's BaseEnhancedLoader example): statistics per batch x cell type."""
+    dm = make_dm(
+        batch_key="batch",
+        cell_type_key="cell_type",
+        batch_aware_normalization=True,
+        biological_normalization=True,
+    )
+    adata = log_normalized(1e4)
+    adata.obs["pair"] = adata.obs["batch"].astype(str) + "/" + adata.obs["cell_type"].astype(str)
+    assert_matches_scale_per_group(predicted_x(dm), "pair")
+
+
 def test_in_memory_and_backed_batches_are_identical() -> None:
     batches = []
     for backed in (False, True):
