@@ -220,3 +220,18 @@ def test_added_overrides_join_the_users_own_run_of_overrides() -> None:
         "job",
     ]
     assert _with_added(["--cfg", "job"], ["task=fit"]) == ["--cfg", "job", "task=fit"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("datamodule", ["multiscale", "full"])
+def test_the_composed_datamodules_train_on_the_bundled_data(
+    datamodule: str, tmp_path: Path
+) -> None:
+    result = enhanced_dm("fit", f"datamodule={datamodule}", "trainer.max_epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_directories(tmp_path / "outputs" / "fit")
+    report = assert_report(run / "stats")
+    assert "val/acc" in result.stdout
+    assert {"molecular_scale", "cellular_scale"} <= set(report["steps"])
+    if datamodule == "full":
+        assert "switched off temporal" in result.stderr
