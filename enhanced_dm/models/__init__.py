@@ -3,5 +3,12 @@
 from enhanced_dm.models.autoencoder import ExpressionAutoencoder
 from enhanced_dm.models.classifier import CellTypeClassifier
 from enhanced_dm.models.features import CONTEXT_SUFFIXES, input_features
+from enhanced_dm.models.hierarchical_gene import HierarchicalGeneModel
 
-__all__ = ["CONTEXT_SUFFIXES", "CellTypeClassifier", "ExpressionAutoencoder", "input_features"]
+__all__ = [
+    "CONTEXT_SUFFIXES",
+    "CellTypeClassifier",
+    "ExpressionAutoencoder",
+    "HierarchicalGeneModel",
+    "input_features",
+]
