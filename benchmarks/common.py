@@ -85,25 +85,27 @@ def run_benchmark(
     doc: str,
     measure: Callable[[argparse.Namespace], dict[str, Any]],
     options: Sequence[tuple[str, type, Any]] = (),
+    data: Path = SYNTHETIC_DATA,
 ) -> None:
-    """The command line of a benchmark script on the synthetic file: ``--busy``, ``--out`` and
-    ``options`` (flag, type, default); ``measure(arguments)`` runs beside a busy neighbour when
-    asked, and its result is written as JSON with the settings and the machine."""
+    """The command line of a benchmark script on ``data`` (default: the synthetic file):
+    ``--busy``, ``--out`` and ``options`` (flag, type, default); ``measure(arguments)`` runs
+    beside a busy neighbour when asked, and its result is written as JSON with the settings and
+    the machine."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     for flag, kind, default in options:
         parser.add_argument(flag, type=kind, default=default)
     parser.add_argument("--busy", action="store_true")
     parser.add_argument("--out", type=Path, required=True)
     arguments = parser.parse_args()
-    if not SYNTHETIC_DATA.exists():
+    if not data.exists():
         raise SystemExit(
-            f"{SYNTHETIC_DATA} is missing: python benchmarks/make_synthetic.py --cells 100000 "
+            f"{data} is missing: python benchmarks/make_synthetic.py --cells 100000 "
             "--genes 20000 --nnz 2000"
         )
     with busy_neighbour(arguments.busy):
         result = measure(arguments)
     settings = {key: value for key, value in vars(arguments).items() if key != "out"}
-    document = {"settings": {"data": SYNTHETIC_DATA.name, **settings}, "environment": machine()}
+    document = {"settings": {"data": data.name, **settings}, "environment": machine()}
     arguments.out.write_text(json.dumps({**document, **result}, indent=1))
 
 

@@ -38,17 +38,21 @@ def gene_set_sums(
 
     ``x_ng @ M_gp`` for the 0/1 membership ``M`` (``adata.X @ membership.T`` in numpy), computed as
     one sparse-dense product so that memory stays ``O(n·p + edges)``. The (set, gene) pairs must be
-    unique and sorted by set, then gene (CSR order), as the components build them.
+    unique and sorted by set, then gene (CSR order), as the components build them: the membership
+    is then a CSR matrix as it stands, and CSR times a contiguous dense matrix is 5-6x faster on
+    CPU than the COO product with a transposed view (30,727 genes, 77,052 pairs: 13 vs 80 ms).
     """
     x_ng = x_ng.to(torch.float32)
-    membership_pg = torch.sparse_coo_tensor(
-        torch.stack([set_index_e, gene_index_e]),
+    rows_p1 = torch.zeros(n_sets + 1, dtype=torch.int64, device=x_ng.device)
+    rows_p1[1:] = torch.cumsum(torch.bincount(set_index_e, minlength=n_sets), 0)
+    membership_pg = torch.sparse_csr_tensor(
+        rows_p1,
+        gene_index_e,
         torch.ones(set_index_e.shape[0], dtype=torch.float32, device=x_ng.device),
         (n_sets, x_ng.shape[1]),
-        is_coalesced=True,
         check_invariants=False,
     )
-    return torch.sparse.mm(membership_pg, x_ng.t()).t().contiguous()
+    return (membership_pg @ x_ng.t().contiguous()).t().contiguous()
 
 
 def gene_set_means(
