@@ -260,12 +260,7 @@ class BaseEnhancedLoader:
             yield
             return
         own = self._monitor
-        monitor = merged(own, published)
-        if monitor.input_metric.update_count and monitor.names:
-            # The input summary is reported under the first step once observe_input has run in
-            # this process (a mark, not a metric state): here only the workers' copies ran it.
-            monitor._input_step = monitor.names[0]
-        self.datamodule.monitor = monitor
+        self.datamodule.monitor = merged(own, published)
         try:
             yield
         finally:

@@ -352,3 +352,14 @@ def test_collate_loader_refuses_wrong_gene_count_and_missing_data() -> None:
         loader([-np.ones(len(loader.var_names))])
     with pytest.raises(ConfigError, match="needs data="):
         BaseEnhancedLoader(cfg={})
+
+
+def test_workers_never_repeat_a_random_draw() -> None:
+    """Two workers each collate their first batch of the same cells: the batch numbers that seed
+    the augmentation differ (the worker's seed offsets them), so the noise differs."""
+    loader = make_loader(StochasticDataLoader, {"data": SharedFile(PBMC)}).train()
+    items = [loader.dataset()[0]] * 16
+    batches = list(DataLoader(items, batch_size=8, collate_fn=loader, num_workers=2))
+    assert len(batches) == 2
+    assert not torch.equal(batches[0]["noise_nd"], batches[1]["noise_nd"])
+    assert not torch.equal(batches[0]["counts_ng"], batches[1]["counts_ng"])

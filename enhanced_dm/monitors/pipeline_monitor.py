@@ -48,7 +48,6 @@ class PipelineMonitor(nn.Module):
         self.extra_metrics = nn.ModuleList([OutputStatsMetric() for _ in self.extra])
         self._index = {name: index for index, name in enumerate(self.names)}
         self.input_metric = InputStatsMetric(n_genes)
-        self._input_step: str | None = None
         self._nonfinite: list[tuple[str, str]] = []
 
     def observe_input(self, batch: Batch) -> None:
@@ -59,7 +58,6 @@ class PipelineMonitor(nn.Module):
         counts_ng = batch.get("counts_ng")
         if counts_ng is not None and self.names:
             self.input_metric.update(counts_ng)
-            self._input_step = self.names[0]
 
     def observe(self, name: str, transform: Transform, out: Batch) -> None:
         if not transform.monitored:
@@ -118,9 +116,10 @@ class PipelineMonitor(nn.Module):
         for (step, key), metric in zip(self.extra, extras, strict=True):
             if metric.update_count:
                 stats[f"{step}/{key}"] = metric.compute()
-        if self.input_metric.update_count and self._input_step in stats:
+        first = self.names[0] if self.names else None
+        if self.input_metric.update_count and first in stats:
             summary = self.input_metric.compute()
-            stats[self._input_step].update(
+            stats[first].update(
                 zero_count_cells=summary["zero_count_cells"],
                 all_zero_genes=summary["all_zero_genes"],
             )
