@@ -218,3 +218,16 @@ def test_the_command_skips_the_table_of_other_outputs_with_a_warning(
         written = write_prediction_table(outputs, datamodule, None, tmp_path / "p.csv")
     assert written is None and not (tmp_path / "p.csv").exists()
     assert "no prediction table: the predictions hold neither prob_nc nor z_nd" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_the_autoencoder_predicts_under_ddp(tmp_path: Path) -> None:
+    """Its lazy encoder layer is sized in setup, where the trainer is known (in __init__ it was
+    not, and DDP failed on the uninitialized parameter)."""
+    run, _ = predict(tmp_path, "trainer=ddp", "model=autoencoder")
+    shards = [read_table(run / f"predictions_{rank}.csv") for rank in (0, 1)]
+    cells = np.concatenate([shard["cell_index_n"].to_numpy() for shard in shards])
+    assert sorted(cells.tolist()) == list(range(CELLS))
+    embedding = [column for column in shards[0].columns if column.startswith("emb_")]
+    assert embedding and list(shards[0].columns) == ["file", "cell_index_n", *embedding]

@@ -45,7 +45,6 @@ class ExpressionAutoencoder(ReferenceModule):
         self.decoder: nn.Sequential | None = None
         if n_genes is not None:
             self._build_decoder(int(n_genes))
-        self.size_lazy_layers_for_ddp()
 
     def _build_decoder(self, n_genes: int) -> None:
         self.hparams["n_genes"] = n_genes
@@ -54,13 +53,15 @@ class ExpressionAutoencoder(ReferenceModule):
         )
 
     def setup(self, stage: str) -> None:
-        """Size the decoder from the DataModule's ``n_genes`` when it was not given."""
+        """Size the decoder from the DataModule's ``n_genes`` when it was not given, then the
+        lazy encoder layer under DDP (there is no trainer yet in ``__init__``)."""
         if self.decoder is None:
             datamodule = getattr(self._trainer, "datamodule", None)
             n_genes = getattr(datamodule, "n_genes", None)
             if n_genes is None:
                 raise ValueError("ExpressionAutoencoder needs n_genes or a DataModule with n_genes")
             self._build_decoder(int(n_genes))
+        self.size_lazy_layers_for_ddp()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z_nd, reconstruction_ng)``."""
