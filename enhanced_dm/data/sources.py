@@ -464,18 +464,21 @@ def _copy_ranges(array: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> np
 
 
 def _read_spans(
-    indptr: np.ndarray, indices: h5py.Dataset, data: h5py.Dataset, rows: np.ndarray
+    indptr: np.ndarray, indices: Any, data: Any, rows: np.ndarray, gap: int = 0
 ) -> HeldRows:
-    """Read ``rows`` (ascending) from disk in contiguous spans, one h5py read per span.
+    """Read ``rows`` (ascending) from disk in contiguous spans, one slice of ``indices`` and of
+    ``data`` (h5py datasets or zarr arrays) per span.
 
-    Rows closer than ``_COALESCE_GAP`` stored values share a span (scDataset's fetch-factor
-    idea: few large reads instead of many small ones); the rows in between are read too and
-    held, so the result holds every row from each span's first to its last.
+    Rows closer than ``max(_COALESCE_GAP, gap)`` stored values share a span (scDataset's
+    fetch-factor idea: few large reads instead of many small ones); the rows in between are read
+    too and held, so the result holds every row from each span's first to its last. With
+    ``gap`` one chunk of a chunked array, spans are more than a chunk apart, so no chunk is read
+    by two spans.
     """
     if len(rows) == 0:
         return HeldRows(np.zeros(1, np.int64), indices[:0], data[:0], rows)
     starts, ends = indptr[rows], indptr[rows + 1]
-    breaks = np.flatnonzero(starts[1:] - ends[:-1] > _COALESCE_GAP) + 1
+    breaks = np.flatnonzero(starts[1:] - ends[:-1] > max(_COALESCE_GAP, gap)) + 1
     first_rows = rows[np.concatenate(([0], breaks))]
     last_rows = rows[np.concatenate((breaks - 1, [len(rows) - 1]))]
     lows, highs = indptr[first_rows], indptr[last_rows + 1]
@@ -563,10 +566,10 @@ def _matrix_element(path: Path, layer: str | None, backed: bool) -> str:
     with h5py.File(path, "r") as file:
         if element not in file and _is_10x_h5(file):
             raise DataFileError(
-                f"{path}: a 10x Genomics Cell Ranger .h5 matrix (e.g. "
-                "filtered_feature_bc_matrix.h5), not an h5ad file; read it with "
-                "scanpy.read_10x_h5(path) and pass the AnnData (data=adata), or write it as "
-                ".h5ad first (adata.write_h5ad(...))"
+                f"{path}: a 10x Genomics Cell Ranger .h5 matrix of the v2 layout (one group per "
+                "genome; v3 files, with a matrix/ group, are read directly) or a layer= was "
+                "asked of it; read it with scanpy.read_10x_h5(path) and pass the AnnData "
+                "(data=adata), or write it as .h5ad first (adata.write_h5ad(...))"
             )
         if element not in file:
             available = list(file["layers"].keys()) if "layers" in file else []
@@ -594,6 +597,18 @@ def _matrix_element(path: Path, layer: str | None, backed: bool) -> str:
     return element
 
 
+def _holds_10x_v3(path: Path) -> bool:
+    """Whether ``path`` is a Cell Ranger v3 ``.h5`` (no X; unreadable files: False, the h5ad
+    checks then say why)."""
+    from enhanced_dm.data.tenx_source import is_10x_v3
+
+    try:
+        with h5py.File(path, "r") as file:
+            return "X" not in file and is_10x_v3(file)
+    except Exception:
+        return False
+
+
 def _is_10x_h5(file: h5py.File) -> bool:
     """Cell Ranger's layout: ``matrix/`` (v3+) or one group per genome (v2), each holding
     ``barcodes``, ``data``, ``indices``, ``indptr`` and ``shape``."""
@@ -608,7 +623,10 @@ def _check_path(path: Path) -> None:
     if not path.exists():
         raise DataFileError(f"{path}: data file not found")
     if not path.is_file():
-        raise DataFileError(f"{path}: is a directory or special file; expected an .h5ad file")
+        raise DataFileError(
+            f"{path}: is a directory but not a zarr store, or a special file; expected an "
+            ".h5ad file or a zarr AnnData store"
+        )
     try:
         with open(path, "rb"):
             pass
@@ -643,7 +661,16 @@ def open_source(
             fingerprint=_matrix_fingerprint(csr),
         )
     path = Path(data)
+    if path.is_dir():
+        from enhanced_dm.data.zarr_source import is_zarr_store, open_zarr_source
+
+        if is_zarr_store(path):
+            return open_zarr_source(path, backed=backed, layer=layer)
     _check_path(path)
+    if layer is None and _holds_10x_v3(path):
+        from enhanced_dm.data.tenx_source import open_10x_source
+
+        return open_10x_source(path, backed=backed, direct_read=direct_read)
     try:
         element = _matrix_element(path, layer, backed)
         adata = anndata.read_h5ad(path, backed="r")

@@ -63,7 +63,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
 
 def test_directory_is_not_a_data_file(tmp_path: Path) -> None:
-    with pytest.raises(DataFileError, match="is a directory or special file"):
+    with pytest.raises(DataFileError, match="is a directory but not a zarr store"):
         CellStore(tmp_path)
 
 

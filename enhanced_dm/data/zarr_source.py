@@ -1,0 +1,194 @@
+"""A zarr AnnData store (what ``anndata.AnnData.write_zarr`` writes, zarr format 2 or 3) as a
+row reader: in memory, or backed with reads coalesced into whole chunks.
+
+Stores are opened read-only (``zarr.open_group(path, mode="r")``); every way one can be unusable
+(not a zarr group, X or the layer missing, an encoding or dtype we cannot read) is a
+:class:`~enhanced_dm.errors.DataFileError` naming the store, at open time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anndata
+import numpy as np
+import zarr
+
+from enhanced_dm.data.sources import (
+    HeldRows,
+    Source,
+    _as_csr,
+    _check_dtype,
+    _read_spans,
+    encoding_type,
+)
+from enhanced_dm.errors import DataFileError
+
+__all__ = ["ZarrSource", "is_zarr_store", "open_zarr_source"]
+
+logger = logging.getLogger(__name__)
+
+_METADATA_FILES = ("zarr.json", ".zgroup", ".zarray")
+
+
+def is_zarr_store(path: Path) -> bool:
+    """A directory holding a zarr group (format 3 ``zarr.json`` or format 2 ``.zgroup``)."""
+    return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", ".zgroup"))
+
+
+def _identity(path: Path) -> tuple[tuple[int, int, int], ...]:
+    """(size, mtime, inode) of the metadata files of ``path``'s arrays: rewriting an array
+    rewrites its metadata."""
+    files = sorted(file for name in _METADATA_FILES for file in path.rglob(name))
+    return tuple((s.st_size, s.st_mtime_ns, s.st_ino) for s in (file.stat() for file in files))
+
+
+class ZarrSource(Source):
+    """A backed zarr store: ``indptr`` in memory, rows read as slices of the ``indices`` and
+    ``data`` arrays. Rows closer than one chunk are read in one slice, so a shuffle pool
+    decompresses each chunk once (``chunk_values``: values per chunk of ``data``; rows per
+    chunk of a dense X)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, direct_read=False, **kwargs)
+        assert self.path is not None
+        self._identity = None
+        self._store_identity = _identity(self.path / self.element)
+        self.chunk_values: int | None = None
+
+    def check_unchanged(self) -> None:
+        assert self.path is not None
+        if _identity(self.path / self.element) != self._store_identity:
+            raise DataFileError(
+                f"{self.where}: the store changed during the run (its array metadata were "
+                "rewritten); do not overwrite data that a run reads; set up the DataModule again"
+            )
+
+    def _group(self) -> Any:
+        if self._file is None:
+            assert self.path is not None
+            self._file = zarr.open_group(self.path, mode="r")
+            node: Any = self._file[self.element]  # zarr's types cannot tell Group from Array
+            self._dense = isinstance(node, zarr.Array)
+            if self._indptr is None and not self._dense:
+                self._indptr = np.asarray(node["indptr"][:], dtype=np.int64)
+            self.chunk_values = int((node if self._dense else node["data"]).chunks[0])
+        return self._file[self.element]
+
+    def close(self) -> None:
+        self._file = None  # zarr groups hold no OS handle
+
+    def hold_rows(self, rows: np.ndarray) -> HeldRows:
+        if self._dense:
+            return super().hold_rows(rows)  # type: ignore[return-value]
+        self.check_unchanged()
+        node = self._group()
+        assert self._indptr is not None and self.chunk_values is not None
+        try:
+            return _read_spans(
+                self._indptr, node["indices"], node["data"], rows, gap=self.chunk_values
+            )
+        except (OSError, KeyError, ValueError) as error:
+            raise DataFileError(
+                f"{self.where}: reading rows {rows[:3].tolist()}... failed "
+                f"({type(error).__name__}: {error}); was the store changed or damaged?"
+            ) from error
+
+
+def _check_complete(node: Any, n_obs: int, where: str) -> None:
+    """Refuse a store with missing chunks of its values or a row pointer that ``data`` cannot
+    have: zarr reads a missing chunk as zeros, which would silently empty rows or values."""
+    data: Any = node if isinstance(node, zarr.Array) else node["data"]
+    if data.nchunks_initialized < data.nchunks:
+        raise DataFileError(
+            f"{where}: {data.nchunks - data.nchunks_initialized} of {data.nchunks} chunks of "
+            "its values are missing (zarr would read them as zeros); expected a complete store"
+        )
+    if isinstance(node, zarr.Array) or encoding_type(node) != "csr_matrix":
+        return
+    indptr = np.asarray(node["indptr"][:], dtype=np.int64)
+    n_stored = int(data.shape[0])
+    if (
+        len(indptr) != n_obs + 1
+        or indptr[0] != 0
+        or indptr[-1] != n_stored
+        or bool((np.diff(indptr) < 0).any())
+    ):
+        raise DataFileError(
+            f"{where}: indptr is not a row pointer of this matrix (expected {n_obs + 1} "
+            f"non-decreasing values from 0 to the {n_stored} stored values); the store is "
+            "damaged or incomplete"
+        )
+
+
+def _matrix_node(group: zarr.Group, path: Path, layer: str | None, backed: bool) -> str:
+    """The element of X or the layer, checked to exist, to be a matrix and to hold numbers."""
+    element = "X" if layer is None else f"layers/{layer}"
+    where = f"{path} ({element})"
+    try:
+        node: Any = group[element]
+    except KeyError:
+        layers = list(group["layers"].keys()) if "layers" in group else []  # type: ignore[union-attr]
+        what = "X" if layer is None else f"layer {layer!r}"
+        raise DataFileError(f"{path}: {what} is missing (layers present: {layers})") from None
+    if isinstance(node, zarr.Group):
+        data: Any = node.get("data")
+        encoding = encoding_type(node)
+        if encoding not in ("csr_matrix", "csc_matrix") or data is None:
+            raise DataFileError(
+                f"{where}: stored as {encoding or 'an unknown group'}; expected a csr_matrix, "
+                "csc_matrix or dense array"
+            )
+        if encoding == "csc_matrix" and backed:
+            raise DataFileError(
+                f"{where}: stored as csc_matrix; backed reading needs csr_matrix rows "
+                "(write it with adata.X = adata.X.tocsr(), or use backed=False)"
+            )
+        _check_dtype(data.dtype, where)
+    elif node.ndim != 2:
+        raise DataFileError(f"{where}: expected a 2-d matrix, found shape {node.shape}")
+    else:
+        _check_dtype(node.dtype, where)
+    return element
+
+
+def open_zarr_source(path: Path, *, backed: bool, layer: str | None) -> Source:
+    """Open a zarr AnnData store: obs and var always, the matrix in memory unless ``backed``."""
+    try:
+        group = zarr.open_group(path, mode="r")
+        element = _matrix_node(group, path, layer, backed)
+        obs = anndata.io.read_elem(group["obs"])
+        _check_complete(group[element], len(obs), f"{path} ({element})")
+        var = anndata.io.read_elem(group["var"])
+    except DataFileError:
+        raise
+    except Exception as error:  # zarr / anndata raise many types for damaged stores
+        raise DataFileError(
+            f"{path}: not a readable zarr AnnData store ({type(error).__name__}: {error})"
+        ) from error
+    fingerprint = f"{path.resolve()}:{_identity(path / element)}"
+    if not backed:
+        try:
+            matrix = anndata.io.read_elem(group[element])
+        except Exception as error:
+            raise DataFileError(
+                f"{path} ({element}): cannot be read ({type(error).__name__}: {error})"
+            ) from error
+        return Source(
+            str(path),
+            obs,
+            var.index,
+            var,
+            matrix=_as_csr(matrix, f"{path} ({element})"),
+            path=path,
+            element=element,
+            fingerprint=fingerprint,
+        )
+    source = ZarrSource(
+        str(path), obs, var.index, var, path=path, element=element, fingerprint=fingerprint
+    )
+    source._group()
+    logger.info("%s: backed zarr store, chunks of %s values", source.where, source.chunk_values)
+    return source
