@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from enhanced_dm.transforms.registry import GENE_NORMALIZATIONS
 from tests.helpers import shared_data
 
 CONF = config_dir()
+PBMC = "singlecell/pbmc68k_reduced_counts.h5ad"
 
 
 def options(group: str) -> list[str]:
@@ -106,6 +108,13 @@ def test_every_data_config_instantiates(option: str, tmp_path: Path) -> None:
     if option == "path":
         overrides.append(f"data.path={shared_data('singlecell/wu2020_tcells_counts.h5ad')}")
         overrides += ["datamodule.cell_type_key=cell_type", "datamodule.batch_key=batch"]
+    if option == "soma":
+        tiledbsoma_io = pytest.importorskip("tiledbsoma.io")
+        uri = str(tmp_path / "soma")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tiledbsoma_io.from_h5ad(uri, str(shared_data(PBMC)), "RNA", X_layer_name="raw")
+        overrides += [f"data.uri={uri}", "datamodule.cell_type_key=cell_type"]
     with composed(overrides, tmp_path) as cfg:
         data = instantiate(cfg.data)
         datamodule = instantiate(cfg.datamodule, progress=False)

@@ -242,6 +242,9 @@ class Source:
         self._dense = False
         self._direct: DirectRows | None = None
         self._identity = _file_identity(path) if path is not None and matrix is None else None
+        self.row_ids: dict[str, np.ndarray] = {}
+        """Per row of this dataset, ids that batches carry as ``<name>_n`` (int64; e.g. a SOMA
+        experiment's ``soma_joinid``); other datasets of a store give -1."""
 
     def check_unchanged(self) -> None:
         """Refuse a backed file whose size, mtime or inode changed since setup (overwritten in
@@ -635,7 +638,7 @@ def _check_path(path: Path) -> None:
 
 
 def open_source(
-    data: str | os.PathLike[str] | anndata.AnnData,
+    data: str | os.PathLike[str] | anndata.AnnData | Any,
     *,
     backed: bool,
     layer: str | None,
@@ -643,7 +646,14 @@ def open_source(
     direct_read: bool = True,
 ) -> Source:
     """Open one dataset: metadata always, the matrix in memory unless ``backed`` (then read
-    with positional reads where the file allows and ``direct_read``, see :class:`Source`)."""
+    with positional reads where the file allows and ``direct_read``, see :class:`Source`).
+
+    ``data``: an AnnData, an h5ad file, a zarr AnnData store, a 10x Cell Ranger v3 ``.h5``, or
+    a :class:`~enhanced_dm.data.soma_source.SomaSource` (``layer`` is its own field there)."""
+    from enhanced_dm.data.soma_source import SomaSource, open_soma_source
+
+    if isinstance(data, SomaSource):
+        return open_soma_source(data, backed=backed)
     if isinstance(data, anndata.AnnData):
         name = f"<AnnData #{index}>"
         element = "X" if layer is None else f"layers/{layer}"

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from enhanced_dm.annotations.matching import GeneMatcher
+from enhanced_dm.data.soma_source import SomaSource
 from enhanced_dm.data.sources import (
     RowBlock,
     Source,
@@ -40,15 +41,19 @@ _STRUCTURE_CHUNK = 4_000_000
 # torch marks sparse CSR as beta on every construction; the layout is used on purpose here.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-DataInput: TypeAlias = (
-    str | os.PathLike[str] | anndata.AnnData | Sequence[str | os.PathLike[str] | anndata.AnnData]
-)
+Dataset: TypeAlias = str | os.PathLike[str] | anndata.AnnData | SomaSource
+DataInput: TypeAlias = Dataset | Sequence[Dataset]
 
 
-def _expand_inputs(data: DataInput) -> list[str | os.PathLike[str] | anndata.AnnData]:
-    """A path, a glob pattern, an AnnData, or a list of those, as a flat list."""
-    items = [data] if isinstance(data, str | os.PathLike | anndata.AnnData) else list(data)
-    expanded: list[str | os.PathLike[str] | anndata.AnnData] = []
+def _expand_inputs(data: DataInput) -> list[Dataset]:
+    """A path, a glob pattern, an AnnData, a SOMA experiment, or a list of those, as a flat
+    list."""
+    items: list[Dataset] = (
+        [data]
+        if isinstance(data, str | os.PathLike | anndata.AnnData | SomaSource)
+        else list(data)
+    )
+    expanded: list[Dataset] = []
     for item in items:
         if isinstance(item, str) and glob.has_magic(item):
             matches = sorted(glob.glob(item))
@@ -181,6 +186,7 @@ class CellStore:
             name: self._obs_column(name, column, (categories or {}).get(name))
             for name, column in self.obs_columns.items()
         }
+        self.row_ids = _row_ids(self.sources)
         self.total_counts_key = total_counts_key
         self._obs_totals = self._obs_column_float(total_counts_key) if total_counts_key else None
         self.value_checks: list[ValueCheck] = []
@@ -500,7 +506,20 @@ class CellStore:
         }
         for name, values_n in self.obs_values.items():
             batch[f"{name}_n"] = torch.from_numpy(values_n[rows])
+        for name, ids_n in self.row_ids.items():
+            batch[f"{name}_n"] = torch.from_numpy(ids_n[rows])
         return batch
+
+
+def _row_ids(sources: Sequence[Source]) -> dict[str, np.ndarray]:
+    """Every source's :attr:`Source.row_ids` over the whole store (-1 where a source has none)."""
+    names = sorted({name for source in sources for name in source.row_ids})
+    return {
+        name: np.concatenate(
+            [source.row_ids.get(name, np.full(source.n_obs, -1, np.int64)) for source in sources]
+        ).astype(np.int64)
+        for name in names
+    }
 
 
 def _names(sources: Sequence[Source]) -> str:
