@@ -50,6 +50,7 @@ from peers import (  # noqa: E402
     Settings,
     annbatch_loader,
     anndata_loader,
+    atlas_loaders,
     enhanced,
     h5py_readers,
     scdataset_loader,
@@ -69,6 +70,9 @@ PACKAGES = (
     "scanpy",
     "scdataset",
     "scvi-tools",
+    "zarr",
+    "tiledbsoma",
+    "tiledbsoma-ml",
 )
 
 
@@ -112,6 +116,7 @@ def all_configs(
         *scdataset_loader.configs(settings),
         *scvi_loader.configs(settings),
         *annbatch_loader.configs(settings),
+        *atlas_loaders.configs(settings),
     ]
 
 
@@ -247,6 +252,18 @@ def targets(
     checks: list[tuple[str, dict | None, dict | None, float]] = [
         ("backed b64 vs fastest scDataset", ours_b64, _fastest(rows, "scDataset"), 2.0),
         ("backed b64 vs fastest annbatch", ours_b64, _fastest(rows, "annbatch"), 1.0),
+        (
+            "backed b64 on annbatch's zarr vs fastest annbatch on it",
+            rows.get("enhanced-dm backed b64 (annbatch's zarr)"),
+            _fastest(rows, "annbatch"),
+            1.0,
+        ),
+        (
+            "backed b64 (SOMA) vs tiledbsoma-ml, matched randomness",
+            rows.get("enhanced-dm backed b64 (SOMA)"),
+            _fastest(rows, "tiledbsoma-ml"),
+            1.0,
+        ),
         ("backed b64 vs h5py sequential", ours_b64, rows.get("h5py-sequential"), 0.5),
         (
             "(reference) backed b64 vs h5py block-shuffle b64 pool16, matched randomness",

@@ -57,6 +57,7 @@ def enhanced_loader(
     num_workers: int = 0,
     stats_cache_dir: str | None = None,
     dense_output_only: bool = False,
+    data: Any = None,
     **options: Any,
 ) -> EpochFactory:
     """Build and set up ``BaseEnhancedDataModule``; each epoch iterates ``train_dataloader()``.
@@ -68,13 +69,14 @@ def enhanced_loader(
     With ``dense_output_only`` the loader-only batches are made into one dense float32 matrix
     the way a z-score writes its output (a background row per gene, stored values copied in) and
     nothing else: the least work any dense ``x_ng`` costs, the floor of the normalization row.
+    ``data`` replaces the file (another copy of the same cells: zarr stores, a SOMA experiment).
     """
     from enhanced_dm import BaseEnhancedDataModule
     from enhanced_dm.transforms import functional as F
 
     cache = stats_cache_dir or tempfile.mkdtemp(prefix="enhanced_dm_bench_")
     datamodule = BaseEnhancedDataModule(
-        data=str(settings.path),
+        data=str(settings.path) if data is None else data,
         backed=backed,
         block_size=block_size,
         batch_size=settings.batch_size,

@@ -8,7 +8,10 @@ Stores are opened read-only (``zarr.open_group(path, mode="r")``); every way one
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ class ZarrSource(Source):
         self._identity = None
         self._store_identity = _identity(self.path / self.element)
         self.chunk_values: int | None = None
+        self._rows_arrays: tuple[Any, ...] = ()
 
     def check_unchanged(self) -> None:
         assert self.path is not None
@@ -69,32 +73,51 @@ class ZarrSource(Source):
     def _group(self) -> Any:
         if self._file is None:
             assert self.path is not None
-            self._file = zarr.open_group(self.path, mode="r")
-            node: Any = self._file[self.element]  # zarr's types cannot tell Group from Array
-            self._dense = isinstance(node, zarr.Array)
+            with fast_codecs():  # the arrays keep the pipeline they are opened with
+                self._file = zarr.open_group(self.path, mode="r")
+                node: Any = self._file[self.element]  # zarr's types cannot tell Group from Array
+                self._dense = isinstance(node, zarr.Array)
+                if not self._dense:
+                    self._rows_arrays = (node["indices"], node["data"])
             if self._indptr is None and not self._dense:
                 self._indptr = np.asarray(node["indptr"][:], dtype=np.int64)
             self.chunk_values = int((node if self._dense else node["data"]).chunks[0])
         return self._file[self.element]
 
     def close(self) -> None:
-        self._file = None  # zarr groups hold no OS handle
+        self._file = None  # zarr groups hold no OS handle; reopened lazily
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_rows_arrays", None)
+        return state
 
     def hold_rows(self, rows: np.ndarray) -> HeldRows:
         if self._dense:
             return super().hold_rows(rows)  # type: ignore[return-value]
         self.check_unchanged()
-        node = self._group()
+        self._group()
         assert self._indptr is not None and self.chunk_values is not None
+        indices, data = self._rows_arrays
         try:
-            return _read_spans(
-                self._indptr, node["indices"], node["data"], rows, gap=self.chunk_values
-            )
+            return _read_spans(self._indptr, indices, data, rows, gap=self.chunk_values)
         except (OSError, KeyError, ValueError) as error:
             raise DataFileError(
                 f"{self.where}: reading rows {rows[:3].tolist()}... failed "
                 f"({type(error).__name__}: {error}); was the store changed or damaged?"
             ) from error
+
+
+ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+
+
+def fast_codecs() -> AbstractContextManager[Any]:
+    """A scope in which opened arrays decode with the Rust ``zarrs`` codec pipeline, when
+    ``zarrs`` is installed (``pip install "enhanced-dm[zarr]"``: about 3x faster on compressed
+    chunks here); zarr's process-wide settings are left as they are outside it."""
+    if importlib.util.find_spec("zarrs") is None:
+        return contextlib.nullcontext()
+    return zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE})
 
 
 def _check_complete(node: Any, n_obs: int, where: str) -> None:
