@@ -68,7 +68,8 @@ def soma_ml_loader(settings: Settings) -> EpochFactory:
         dataset.set_epoch(epochs)
         epochs += 1
         for x, obs in loader:
-            yield Minibatch(x, obs[settings.cell_type_key].to_numpy())
+            codes = obs[settings.cell_type_key].astype("category").cat.codes.to_numpy()
+            yield Minibatch(x, codes)
 
     return epoch
 

@@ -104,8 +104,9 @@ class SomaRows(Source):
         return self._dtype
 
     @property
-    def n_stored(self) -> int:
-        return int(self._layer().nnz)
+    def n_stored(self) -> None:
+        """Not counted: ``X.nnz`` reads every fragment (2.7 GB and seconds for 200M values)."""
+        return None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -141,11 +142,12 @@ class SomaRows(Source):
         position = np.searchsorted(joinids, table["soma_dim_0"].to_numpy())
         column = self._column_of[table["soma_dim_1"].to_numpy()]
         keep = column >= 0
-        order = np.lexsort((column[keep], position[keep]))
-        counts = np.bincount(position[keep], minlength=len(rows))
+        position, column = position[keep], column[keep]
+        order = _row_major(position, column)
+        counts = np.bincount(position, minlength=len(rows))
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         data = table["soma_data"].to_numpy()[keep][order]
-        return HeldRows(indptr, column[keep][order].astype(np.int32), data, rows)
+        return HeldRows(indptr, column[order].astype(np.int32), data, rows)
 
     def _sample_rows(self, max_rows: int) -> np.ndarray:
         starts = _span_starts(self.n_obs, max_rows, _SAMPLE_SPANS)
@@ -165,6 +167,17 @@ class SomaRows(Source):
         rows = self._sample_rows(max_rows)
         block = self.hold_rows(rows).take(rows)
         return block.indptr, block.indices, rows
+
+
+def _row_major(position: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """The order that sorts entries by row, then column. TileDB returns runs already in column
+    order within each row, so a stable sort by row (timsort on runs: ~10 ms for 2M entries)
+    usually suffices; a full two-key sort (~15x slower) only when it does not."""
+    order = np.argsort(position, kind="stable")
+    rows, columns = position[order], column[order]
+    if bool(((np.diff(rows) > 0) | (np.diff(columns) > 0)).all()):
+        return order
+    return np.lexsort((column, position))
 
 
 def open_soma_source(spec: SomaSource, *, backed: bool) -> Source:

@@ -314,8 +314,9 @@ class Source:
         return f"{self.name} ({self.element})"
 
     @property
-    def n_stored(self) -> int:
-        """Number of stored values: non-zeros of a sparse matrix, every entry of a dense one."""
+    def n_stored(self) -> int | None:
+        """Number of stored values: non-zeros of a sparse matrix, every entry of a dense one
+        (None: not counted, where counting would read the whole dataset)."""
         if self._matrix is not None:
             return int(self._matrix.nnz)
         node = self._group()
@@ -413,7 +414,8 @@ class Source:
         if self._matrix is not None:
             return self._matrix.data, True
         values = np.asarray(self.sample_values(max_values))
-        return values, values.size >= self.n_stored
+        stored = self.n_stored
+        return values, stored is not None and values.size >= stored
 
 
 def _span_starts(total: int, wanted: int, n_spans: int) -> list[int]:

@@ -49,9 +49,7 @@ def _expand_inputs(data: DataInput) -> list[Dataset]:
     """A path, a glob pattern, an AnnData, a SOMA experiment, or a list of those, as a flat
     list."""
     items: list[Dataset] = (
-        [data]
-        if isinstance(data, str | os.PathLike | anndata.AnnData | SomaSource)
-        else list(data)
+        [data] if isinstance(data, str | os.PathLike | anndata.AnnData | SomaSource) else list(data)
     )
     expanded: list[Dataset] = []
     for item in items:
@@ -93,7 +91,7 @@ class ValueCheck:
     source: str
     dtype: str
     values_checked: int
-    values_stored: int
+    values_stored: int | None
     complete: bool
     integer: bool
     minimum: float
@@ -102,8 +100,9 @@ class ValueCheck:
     def describe(self) -> str:
         scope = "all" if self.complete else "a sample of"
         kind = "integers" if self.integer else "non-integer values"
+        stored = "uncounted" if self.values_stored is None else f"{self.values_stored:,}"
         return (
-            f"{self.source}: {scope} {self.values_checked:,} of {self.values_stored:,} stored "
+            f"{self.source}: {scope} {self.values_checked:,} of {stored} stored "
             f"values checked ({self.dtype}): {kind}"
         )
 
