@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,46 @@ def init_gloo(rank: int, tmp_path: Path) -> None:
         world_size=WORLD_SIZE,
         timeout=datetime.timedelta(seconds=120),  # a missing rank fails, it does not hang
     )
+
+
+def fitted_by(factory: Callable[[], BaseEnhancedDataModule]) -> dict[str, dict[str, torch.Tensor]]:
+    """The fitted statistics of the DataModule ``factory`` makes, set up (warnings muted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dm = factory()
+        dm.setup("fit")
+    assert dm.pipeline is not None
+    return fitted_states(dm.pipeline)
+
+
+def _fit_and_save(rank: int, tmp_path: Path, factory: Callable[[], Any]) -> None:
+    init_gloo(rank, tmp_path)
+    try:
+        torch.save(fitted_by(factory), tmp_path / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def assert_ranks_fit_like_one_process(
+    factory: Callable[[], BaseEnhancedDataModule], tmp_path: Path, tolerance: float = 1e-10
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Two gloo ranks set up ``factory()`` (picklable: e.g. a ``functools.partial`` of the
+    class) and each fits statistics equal to one process's within ``tolerance``; returns them."""
+    run_ranks(_fit_and_save, tmp_path, factory)
+    expected = fitted_by(factory)
+    for rank in range(WORLD_SIZE):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert set(got) == set(expected)
+        for step, state in expected.items():
+            for key, value in state.items():
+                torch.testing.assert_close(
+                    got[step][key].double(),
+                    value.double(),
+                    rtol=tolerance,
+                    atol=tolerance,
+                    msg=f"rank {rank}: {step}.{key}",
+                )
+    return expected
 
 
 def as_numpy(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, np.ndarray]]:

@@ -4,6 +4,7 @@ PBMC h5ad with tiledbsoma.io.from_h5ad (what the README tells users to do)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,12 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from enhanced_dm import BaseEnhancedDataModule, ConfigError, DataFileError, HierarchicalDataModule
 from enhanced_dm.data import SomaSource
 from enhanced_dm.data import soma_source as soma_module
-from enhanced_dm.fitting.driver import fitted_states
 from tests.helpers import shared_data
-from tests.test_ddp import WORLD_SIZE, init_gloo, run_ranks
+from tests.test_ddp import assert_ranks_fit_like_one_process
 
 soma = pytest.importorskip("tiledbsoma", reason="tiledbsoma: pip install -e '.[soma]'")
 
@@ -119,34 +118,11 @@ def test_the_experiment_is_never_written(experiment: str) -> None:
     assert after == before
 
 
-def _fitted(uri: str) -> dict[str, dict[str, torch.Tensor]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dm = HierarchicalDataModule(SomaSource(uri), backed=True, **OPTIONS)
-        dm.setup("fit")
-    assert dm.pipeline is not None
-    return fitted_states(dm.pipeline)
-
-
-def _fit(rank: int, tmp_path: Path, uri: str) -> None:
-    init_gloo(rank, tmp_path)
-    try:
-        torch.save(_fitted(uri), tmp_path / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_two_ranks_on_an_experiment_fit_what_one_process_fits(
     experiment: str, tmp_path: Path
 ) -> None:
-    run_ranks(_fit, tmp_path, experiment)
-    expected = _fitted(experiment)
-    for rank in range(WORLD_SIZE):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
-        for step, state in expected.items():
-            for key, value in state.items():
-                torch.testing.assert_close(
-                    got[step][key].double(), value.double(), rtol=1e-10, atol=1e-10
-                )
+    source = SomaSource(experiment)
+    factory = functools.partial(HierarchicalDataModule, source, backed=True, **OPTIONS)
+    assert_ranks_fit_like_one_process(factory, tmp_path)

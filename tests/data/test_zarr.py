@@ -3,6 +3,7 @@ batches, splits, statistics and errors, and never written to."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import warnings
 from pathlib import Path
@@ -12,14 +13,12 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import zarr
 
 from enhanced_dm import BaseEnhancedDataModule, DataFileError, HierarchicalDataModule
 from enhanced_dm.data.sources import _read_spans
-from enhanced_dm.fitting.driver import fitted_states
 from tests.helpers import shared_data
-from tests.test_ddp import WORLD_SIZE, init_gloo, run_ranks
+from tests.test_ddp import assert_ranks_fit_like_one_process
 
 PBMC = "singlecell/pbmc68k_reduced_counts.h5ad"
 OPTIONS: dict[str, Any] = dict(
@@ -140,35 +139,11 @@ def test_the_store_is_never_written(pbmc: ad.AnnData, tmp_path: Path) -> None:
     assert after == before
 
 
-def _fitted(store: str) -> dict[str, dict[str, torch.Tensor]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dm = HierarchicalDataModule(store, backed=True, **OPTIONS)
-        dm.setup("fit")
-    assert dm.pipeline is not None
-    return fitted_states(dm.pipeline)
-
-
-def _fit(rank: int, tmp_path: Path, store: str) -> None:
-    init_gloo(rank, tmp_path)
-    try:
-        torch.save(_fitted(store), tmp_path / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_two_ranks_on_a_zarr_store_fit_what_one_process_fits(
     pbmc: ad.AnnData, tmp_path: Path
 ) -> None:
     store = str(write_zarr(pbmc, tmp_path / "pbmc.zarr", 3, chunk=4_000))
-    run_ranks(_fit, tmp_path, store)
-    expected = _fitted(store)
-    for rank in range(WORLD_SIZE):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
-        for step, state in expected.items():
-            for key, value in state.items():
-                torch.testing.assert_close(
-                    got[step][key].double(), value.double(), rtol=1e-10, atol=1e-10
-                )
+    factory = functools.partial(HierarchicalDataModule, store, backed=True, **OPTIONS)
+    assert_ranks_fit_like_one_process(factory, tmp_path)
