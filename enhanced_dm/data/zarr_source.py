@@ -44,10 +44,14 @@ def is_zarr_store(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", ".zgroup"))
 
 
-def _identity(path: Path) -> tuple[tuple[int, int, int], ...]:
-    """(size, mtime, inode) of the metadata files of ``path``'s arrays: rewriting an array
-    rewrites its metadata."""
-    files = sorted(file for name in _METADATA_FILES for file in path.rglob(name))
+def _metadata_files(path: Path) -> tuple[Path, ...]:
+    """The metadata files of the arrays under ``path`` (one walk of the directory tree, which
+    holds every chunk file too: done once, not per read)."""
+    return tuple(sorted(file for name in _METADATA_FILES for file in path.rglob(name)))
+
+
+def _identity(files: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
+    """(size, mtime, inode) of ``files``: rewriting an array rewrites its metadata."""
     return tuple((s.st_size, s.st_mtime_ns, s.st_ino) for s in (file.stat() for file in files))
 
 
@@ -61,13 +65,17 @@ class ZarrSource(Source):
         super().__init__(*args, direct_read=False, **kwargs)
         assert self.path is not None
         self._identity = None
-        self._store_identity = _identity(self.path / self.element)
+        self._metadata = _metadata_files(self.path / self.element)
+        self._store_identity = _identity(self._metadata)
         self.chunk_values: int | None = None
         self._rows_arrays: tuple[Any, ...] = ()
 
     def check_unchanged(self) -> None:
-        assert self.path is not None
-        if _identity(self.path / self.element) != self._store_identity:
+        try:
+            now = _identity(self._metadata)
+        except OSError as error:
+            raise DataFileError(f"{self.where}: the store is gone since setup ({error})") from error
+        if now != self._store_identity:
             raise DataFileError(
                 f"{self.where}: the store changed during the run (its array metadata were "
                 "rewritten); do not overwrite data that a run reads; set up the DataModule again"
@@ -220,7 +228,7 @@ def open_zarr_source(path: Path, *, backed: bool, layer: str | None) -> Source:
         raise DataFileError(
             f"{path}: not a readable zarr AnnData store ({type(error).__name__}: {error})"
         ) from error
-    fingerprint = f"{path.resolve()}:{_identity(path / element)}"
+    fingerprint = f"{path.resolve()}:{_identity(_metadata_files(path / element))}"
     if not backed:
         try:
             matrix = anndata.io.read_elem(group[element])

@@ -147,3 +147,13 @@ def test_two_ranks_on_a_zarr_store_fit_what_one_process_fits(
     store = str(write_zarr(pbmc, tmp_path / "pbmc.zarr", 3, chunk=4_000))
     factory = functools.partial(HierarchicalDataModule, store, backed=True, **OPTIONS)
     assert_ranks_fit_like_one_process(factory, tmp_path)
+
+
+def test_a_store_rewritten_during_the_run_is_refused(pbmc: ad.AnnData, tmp_path: Path) -> None:
+    store = write_zarr(pbmc, tmp_path / "pbmc.zarr", 3)
+    dm = BaseEnhancedDataModule(str(store), backed=True, **OPTIONS)
+    dm.setup("fit")
+    dm.store.read(np.arange(4))
+    write_zarr(pbmc[::-1].copy(), store, 3)
+    with pytest.raises(DataFileError, match=r"pbmc\.zarr \(X\): the store changed during the run"):
+        dm.store.read(np.arange(4))
