@@ -36,6 +36,7 @@ COMMON: dict[str, Any] = dict(
     normalization_type="z_score",
     per_cell_normalization=True,
 )
+COMMON_BASE: dict[str, Any] = dict(batch_size=128, val_fraction=0.2, progress=False, seed=0)
 PARTS: dict[type[BaseEnhancedDataModule], list[str]] = {
     HierarchicalDataModule: ["pathway_scores_np", "compartment_fraction_nk", "compartment_x_nk"],
     MultiScaleDataModule: ["x_molecular_nd", "x_pathway_nd", "x_cellular_nd"],
@@ -174,3 +175,22 @@ def test_weights_are_identity_on_keys_that_are_not_streams(full: FullVirtualCell
         full.weighting.step("stream_weights").widths
     )
     assert np.isfinite(list(full.weighting.step("stream_weights").weights().values())).all()
+
+
+def test_the_weighting_component_contract() -> None:
+    """StreamWeighting through check_component, watching a hierarchical DataModule's streams."""
+    from enhanced_dm.components.weighting import StreamWeighting
+    from tests.contract import check_component
+
+    def make_dm(components: Any) -> BaseEnhancedDataModule:
+        dm = HierarchicalDataModule(datasets.pbmc68k(), components=components, **COMMON_BASE)
+        for component in components:
+            component.watch(dm.components)
+        return dm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dm = check_component(StreamWeighting, make_dm)
+    weights = dm.component_stats("weighting")["weights"]
+    assert set(weights) == {"pathway_scores_np", "compartment_x_nk"}
+    assert all(np.isfinite(list(weights.values())))
