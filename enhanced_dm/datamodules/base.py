@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -17,9 +16,8 @@ from enhanced_dm.data.sampler import ResumableBatchSampler
 from enhanced_dm.data.sequences import SEQUENCE_ROW_KEY, to_sequences
 from enhanced_dm.data.split import make_split
 from enhanced_dm.data.store import CellStore, DataInput
-from enhanced_dm.datamodules.declaration import declare_datamodule
+from enhanced_dm.datamodules.declaration import declare_datamodule, options_of
 from enhanced_dm.datamodules.options import (
-    BASE_OPTIONS,
     SPLIT_OPTIONS,
     STORE_OPTIONS,
     check_base_options,
@@ -29,18 +27,19 @@ from enhanced_dm.datamodules.resume import (
     check_state_version,
     fit_loop_position,
     next_epoch,
+    restore_pending,
+    saved_state,
 )
 from enhanced_dm.datamodules.sampling import fitting_sampler, make_batch_sampler
-from enhanced_dm.fitting.driver import fitted_states, load_fitted_states
+from enhanced_dm.fitting.driver import load_fitted_states
 from enhanced_dm.fitting.fit_or_load import (
-    STATE_VERSION,
     check_same_data_on_all_ranks,
     fit_or_load,
     process_group_world,
     statistics_key,
 )
 from enhanced_dm.monitors.pipeline_monitor import PipelineMonitor
-from enhanced_dm.options import Option, merge_options, validate_options
+from enhanced_dm.options import Option, validate_options
 from enhanced_dm.transforms.base import Batch, Pipeline
 from enhanced_dm.transforms.build import PipelineSettings, build_pipeline, warn_if_counts_needed
 from enhanced_dm.transforms.context import Stage, StepContext, trainer_stage
@@ -110,20 +109,8 @@ class BaseEnhancedDataModule(L.LightningDataModule):
 
     @classmethod
     def declared_options(cls) -> list[Option]:
-        """The components' options, the DataModule's own, then the base options (one
-        declaration per name), with :attr:`option_defaults` applied."""
-        merged = merge_options(
-            [*(c.options for c in cls.component_classes), cls.datamodule_options, BASE_OPTIONS]
-        )
-        unknown = set(cls.option_defaults) - {option.name for option in merged}
-        if unknown:
-            raise TypeError(f"{cls.__name__}.option_defaults names unknown options {unknown}")
-        return [
-            dataclasses.replace(option, default=cls.option_defaults[option.name])
-            if option.name in cls.option_defaults
-            else option
-            for option in merged
-        ]
+        """Every option of this class (:func:`~enhanced_dm.datamodules.declaration.options_of`)."""
+        return options_of(cls)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -190,20 +177,8 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             probe = self._sampler(self.split["train"], shuffle=True)  # refuses two owners now
             if self._pending_sampler_state is not None:
                 probe.load_state_dict(self._pending_sampler_state)  # refuses an incompatible one
-            if not self._resuming_from_checkpoint():
+            if not restore_pending(self._pending_state, self.trainer):
                 self._ensure_fitted()
-
-    def _resuming_from_checkpoint(self) -> bool:
-        """Lightning is about to restore this DataModule from a checkpoint (``ckpt_path``).
-
-        Lightning calls ``setup`` before ``load_state_dict``; fitting then would be wasted work,
-        so it is deferred to the first dataloader (the checkpoint's statistics arrive before it).
-        """
-        return (
-            self._pending_state is None
-            and self.trainer is not None
-            and getattr(self.trainer, "ckpt_path", None) is not None
-        )
 
     def pipeline_settings(self) -> PipelineSettings:
         """The options that shape the pipeline (:func:`~enhanced_dm.transforms.build.build_pipeline`)."""
@@ -390,16 +365,9 @@ class BaseEnhancedDataModule(L.LightningDataModule):
         their running state (never in the statistics cache)."""
         if self.pipeline is None or self.store is None:
             return {}
-        return {
-            "version": STATE_VERSION,
-            "fitted": fitted_states(self.pipeline),
-            "var_names": list(self.store.var_names),
-            "categories": dict(self.store.categories),
-            "split": {name: torch.from_numpy(indices) for name, indices in self.split.items()},
-            "sampler": self._sampler_state(),
-            "components": self.components.state_dict(),
-            "running": self.components.running_state(),
-        }
+        return saved_state(
+            self.pipeline, self.store, self.split, self._sampler_state(), self.components
+        )
 
     def _sampler_state(self) -> dict[str, Any] | None:
         """The train sampler's state, positioned where the fit loop really is."""

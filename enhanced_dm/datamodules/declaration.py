@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from enhanced_dm.components.base import Component
-from enhanced_dm.options import declared_signature
+from enhanced_dm.datamodules.options import BASE_OPTIONS
+from enhanced_dm.options import Option, declared_signature, merge_options
 
-__all__ = ["declare_datamodule"]
+__all__ = ["declare_datamodule", "options_of"]
 
 _LEADING = [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
 _TRAILING = [
@@ -18,6 +20,24 @@ _TRAILING = [
     ),
     inspect.Parameter("cfg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Any),
 ]
+
+
+def options_of(cls: Any) -> list[Option]:
+    """A DataModule class's options: its components' (``component_classes``), its own
+    (``datamodule_options``), then the base options (one declaration per name), with its
+    ``option_defaults`` applied (a default for an unknown name is a ``TypeError``)."""
+    merged = merge_options(
+        [*(c.options for c in cls.component_classes), cls.datamodule_options, BASE_OPTIONS]
+    )
+    unknown = set(cls.option_defaults) - {option.name for option in merged}
+    if unknown:
+        raise TypeError(f"{cls.__name__}.option_defaults names unknown options {unknown}")
+    return [
+        dataclasses.replace(option, default=cls.option_defaults[option.name])
+        if option.name in cls.option_defaults
+        else option
+        for option in merged
+    ]
 
 
 def declare_datamodule(cls: Any, base: type | None = None) -> None:

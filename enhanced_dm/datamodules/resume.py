@@ -3,12 +3,60 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
 
 from enhanced_dm.errors import ConfigError
+from enhanced_dm.fitting.driver import fitted_states
 from enhanced_dm.fitting.fit_or_load import STATE_VERSION
 
-__all__ = ["check_same_genes", "check_state_version", "fit_loop_position", "next_epoch"]
+if TYPE_CHECKING:
+    from enhanced_dm.components.base import ComponentSet
+    from enhanced_dm.data.store import CellStore
+    from enhanced_dm.transforms.base import Pipeline
+
+__all__ = [
+    "check_same_genes",
+    "check_state_version",
+    "fit_loop_position",
+    "next_epoch",
+    "restore_pending",
+    "saved_state",
+]
+
+
+def saved_state(
+    pipeline: Pipeline,
+    store: CellStore,
+    split: Mapping[str, np.ndarray],
+    sampler_state: dict[str, Any] | None,
+    components: ComponentSet,
+) -> dict[str, Any]:
+    """A DataModule's state: fitted statistics, gene list, category maps, split, sampler
+    position, components' constants and their running state (never in the statistics cache)."""
+    return {
+        "version": STATE_VERSION,
+        "fitted": fitted_states(pipeline),
+        "var_names": list(store.var_names),
+        "categories": dict(store.categories),
+        "split": {name: torch.from_numpy(indices) for name, indices in split.items()},
+        "sampler": sampler_state,
+        "components": components.state_dict(),
+        "running": components.running_state(),
+    }
+
+
+def restore_pending(pending_state: Mapping[str, Any] | None, trainer: Any) -> bool:
+    """Lightning is about to restore the DataModule from a checkpoint (``ckpt_path``): it calls
+    ``setup`` before ``load_state_dict``, so fitting in ``setup`` would be wasted work; it is
+    deferred to the first dataloader (the checkpoint's statistics arrive before it)."""
+    return (
+        pending_state is None
+        and trainer is not None
+        and getattr(trainer, "ckpt_path", None) is not None
+    )
 
 
 def check_state_version(state_dict: Mapping[str, Any]) -> None:
