@@ -126,3 +126,16 @@ def test_two_ranks_on_an_experiment_fit_what_one_process_fits(
     source = SomaSource(experiment)
     factory = functools.partial(HierarchicalDataModule, source, backed=True, **OPTIONS)
     assert_ranks_fit_like_one_process(factory, tmp_path)
+
+
+def test_entries_are_put_in_row_then_column_order() -> None:
+    """TileDB's usual runs (columns sorted within each row) take the stable sort; any other
+    order takes the two-key sort; both give rows, then columns, ascending."""
+    from enhanced_dm.data.soma_source import _row_major
+
+    position = np.array([1, 1, 0, 0, 2])
+    for column in (np.array([0, 4, 1, 3, 2]), np.array([4, 0, 3, 1, 2])):
+        order = _row_major(position, column)
+        rows, columns = position[order], column[order]
+        assert rows.tolist() == [0, 0, 1, 1, 2]
+        assert columns.tolist() == [1, 3, 0, 4, 2]
