@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 __all__ = [
+    "dense_origin",
     "flat_positions_of_stored_values",
-    "flat_positions_shared",
+    "remember_dense_origin",
     "repeat_per_stored_value",
     "rows_of_stored_values",
+    "shared_csr_structure",
+    "stored_per_column",
 ]
 
 
@@ -37,45 +41,100 @@ def rows_of_stored_values(x_ng: torch.Tensor) -> torch.Tensor:
 
 
 class _SharedStructure:
-    """Inside :func:`flat_positions_shared`: the flat positions of the last CSR structure asked for,
-    with that structure's index tensors.
+    """Inside :func:`shared_csr_structure`: what was derived from the last CSR structure asked
+    for (flat positions, stored values per column), with that structure's index tensors, and the
+    CSR forms of the dense tensors :func:`remember_dense_origin` was told about.
 
     The counts and the expression of one batch share ``crow``/``col`` (per-cell steps only replace
-    the values), and both are made dense: the positions are computed once per batch. Holding the
-    index tensors keeps their memory alive, so equal data pointers mean the same, unchanged
-    indices (CSR indices are never written in place). Everything is dropped when the outermost
-    block ends, so no batch's positions outlive its pipeline call (on a GPU they can be large).
+    the values), and both are made dense and summarized: what depends on the structure alone is
+    computed once per batch. Holding the index tensors keeps their memory alive, so equal data
+    pointers mean the same, unchanged indices (CSR indices are never written in place).
+    Everything is dropped when the outermost block ends, so nothing of a batch outlives its
+    pipeline call (on a GPU it can be large).
     """
 
     depth = 0
     key: tuple[object, ...] | None = None
     held: tuple[torch.Tensor, torch.Tensor] | None = None
-    positions: torch.Tensor | None = None
+    derived: ClassVar[dict[str, torch.Tensor]] = {}
+    origins: ClassVar[list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor | None]]] = []
 
 
 @contextmanager
-def flat_positions_shared() -> Iterator[None]:
-    """Within the block, :func:`flat_positions_of_stored_values` reuses the positions of the last
-    structure it saw (``Pipeline.forward`` runs its steps in such a block)."""
-    _SharedStructure.depth += 1
+def shared_csr_structure() -> Iterator[None]:
+    """Within the block, what is derived from a CSR structure (:func:`flat_positions_of_stored_values`,
+    :func:`stored_per_column`) is reused for the last structure seen, and dense tensors can carry
+    their CSR origin to the monitors (``Pipeline.forward`` runs its steps in such a block)."""
+    shared = _SharedStructure
+    shared.depth += 1
     try:
         yield
     finally:
-        _SharedStructure.depth -= 1
-        if _SharedStructure.depth == 0:
-            _SharedStructure.key = _SharedStructure.held = _SharedStructure.positions = None
+        shared.depth -= 1
+        if shared.depth == 0:
+            shared.key = shared.held = None
+            shared.derived, shared.origins = {}, []
+
+
+def _derived(x_ng: torch.Tensor, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``, or inside :func:`shared_csr_structure` the value kept for this structure."""
+    crow, col = x_ng.crow_indices(), x_ng.col_indices()
+    shared = _SharedStructure
+    if not shared.depth:
+        return compute()
+    key = (crow.data_ptr(), crow.numel(), col.data_ptr(), col.numel(), tuple(x_ng.shape))
+    if shared.key != key:
+        shared.key, shared.held, shared.derived = key, (crow, col), {}
+    if name not in shared.derived:
+        shared.derived[name] = compute()
+    return shared.derived[name]
 
 
 def flat_positions_of_stored_values(x_ng: torch.Tensor) -> torch.Tensor:
     """``row * n_columns + column`` of every stored value: where it lands in the flattened dense
     matrix, so one 1-D ``index_copy_`` writes them all (faster than a 2-D ``index_put_``)."""
-    crow, col = x_ng.crow_indices(), x_ng.col_indices()
-    key = (crow.data_ptr(), crow.numel(), col.data_ptr(), col.numel(), tuple(x_ng.shape))
-    shared = _SharedStructure
-    if shared.depth and shared.key == key and shared.positions is not None:
-        return shared.positions
-    row_starts = torch.arange(x_ng.shape[0], device=crow.device) * x_ng.shape[1]
-    positions = repeat_per_stored_value(x_ng, row_starts) + col.to(torch.int64)
-    if shared.depth:
-        shared.key, shared.held, shared.positions = key, (crow, col), positions
-    return positions
+
+    def compute() -> torch.Tensor:
+        crow, col = x_ng.crow_indices(), x_ng.col_indices()
+        row_starts = torch.arange(x_ng.shape[0], device=crow.device) * x_ng.shape[1]
+        positions = repeat_per_stored_value(x_ng, row_starts)
+        return positions.add_(col)  # in place: int32 columns add into the fresh int64 starts
+
+    return _derived(x_ng, "flat_positions", compute)
+
+
+def stored_per_column(x_ng: torch.Tensor) -> torch.Tensor:
+    """How many values each column stores (int64; explicitly stored zeros count)."""
+    return _derived(
+        x_ng, "per_column", lambda: torch.bincount(x_ng.col_indices(), minlength=x_ng.shape[1])
+    )
+
+
+def remember_dense_origin(
+    dense: torch.Tensor, csr: torch.Tensor, background_g: torch.Tensor | None = None
+) -> None:
+    """Record, inside :func:`shared_csr_structure`, that ``dense`` holds ``csr``'s stored values
+    on rows of ``background_g`` (zeros when None): a monitor can then summarize it from the
+    stored values and the row (:func:`dense_origin`) instead of reading every entry. Outside a
+    block it does nothing. ``csr`` must be canonical (no repeated position), as CSR from
+    AnnData and from the readers is."""
+    if _SharedStructure.depth:
+        _SharedStructure.origins.append((dense, dense._version, csr, background_g))
+
+
+def dense_origin(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(csr, background_g)`` recorded for this tensor or a view of all of it (``detach()``;
+    the row in its dtype), if it was not written in place since (the version counter, which
+    views share, tells), else None."""
+    for tensor, version, csr, background_g in _SharedStructure.origins:
+        same = (
+            dense.data_ptr() == tensor.data_ptr()
+            and dense.shape == tensor.shape
+            and dense.stride() == tensor.stride()
+            and dense.dtype == tensor.dtype
+        )
+        if same and dense._version == version:
+            if background_g is None:
+                return csr, dense.new_zeros(dense.shape[-1])
+            return csr, background_g.to(dense.dtype)
+    return None

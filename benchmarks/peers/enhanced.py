@@ -57,6 +57,7 @@ def enhanced_loader(
     num_workers: int = 0,
     stats_cache_dir: str | None = None,
     dense_output_only: bool = False,
+    dense_counts_too: bool = False,
     data: Any = None,
     **options: Any,
 ) -> EpochFactory:
@@ -68,8 +69,9 @@ def enhanced_loader(
     throughput, not fitting again) or a fresh temporary folder (fitting counted in the setup).
     With ``dense_output_only`` the loader-only batches are made into one dense float32 matrix
     the way a z-score writes its output (a background row per gene, stored values copied in) and
-    nothing else: the least work any dense ``x_ng`` costs, the floor of the normalization row.
-    ``data`` replaces the file (another copy of the same cells: zarr stores, a SOMA experiment).
+    nothing else: the least work any dense ``x_ng`` costs, the floor of the normalization row;
+    with ``dense_counts_too`` the counts are also made dense (zeros + stored values), the floor of
+    the default normalization row (which hands the model dense counts too). ``data`` replaces the file (another copy of the same cells: zarr stores, a SOMA experiment).
     """
     from enhanced_dm import BaseEnhancedDataModule
     from enhanced_dm.transforms import functional as F
@@ -107,7 +109,10 @@ def enhanced_loader(
             elif dense_output_only:
                 counts = batch["counts_ng"]
                 values = F.map_stored_values(counts, counts.values().to(torch.float32))
-                yield Minibatch(F.densify(values, background_g), batch["cell_type_n"].numpy())
+                x_ng = F.densify(values, background_g)
+                if dense_counts_too:
+                    batch["counts_ng"] = F.densify(counts)
+                yield Minibatch(x_ng, batch["cell_type_n"].numpy())
             else:
                 yield Minibatch(batch["counts_ng"], batch["cell_type_n"].numpy())
 
@@ -189,19 +194,21 @@ def configs(
                 },
             )
         )
-    rows.append(
-        LoaderConfig(
-            f"enhanced-dm backed b{NORMALIZATION_BLOCK_SIZE} + one dense x_ng (floor)",
-            "enhanced",
-            setup=lambda: enhanced_loader(
-                settings,
-                True,
-                NORMALIZATION_BLOCK_SIZE,
-                num_workers=num_workers,
-                dense_output_only=True,
-            ),
-            skip=reason,
-            options={"backed": True, "block_size": NORMALIZATION_BLOCK_SIZE, **LOADER_ONLY},
+    for name, counts_too in (("one dense x_ng", False), ("dense x_ng + dense counts_ng", True)):
+        rows.append(
+            LoaderConfig(
+                f"enhanced-dm backed b{NORMALIZATION_BLOCK_SIZE} + {name} (floor)",
+                "enhanced",
+                setup=lambda too=counts_too: enhanced_loader(
+                    settings,
+                    True,
+                    NORMALIZATION_BLOCK_SIZE,
+                    num_workers=num_workers,
+                    dense_output_only=True,
+                    dense_counts_too=too,
+                ),
+                skip=reason,
+                options={"backed": True, "block_size": NORMALIZATION_BLOCK_SIZE, **LOADER_ONLY},
+            )
         )
-    )
     return rows

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from enhanced_dm.components.base import Component, ComponentSet, NotSetUpError
+from enhanced_dm.csr import shared_csr_structure
 from enhanced_dm.data.collate import make_dataloader
 from enhanced_dm.data.sampler import ResumableBatchSampler
 from enhanced_dm.data.sequences import SEQUENCE_ROW_KEY, to_sequences
@@ -320,7 +321,7 @@ class BaseEnhancedDataModule(L.LightningDataModule):
             self.monitor.to(device)
             self._pipeline_device = device
         self.pipeline.train(context.training)
-        with torch.no_grad():
+        with torch.no_grad(), shared_csr_structure():  # input stats share the pipeline's
             self.monitor.observe_input(batch)
             out = self.pipeline(batch, context, on_output=self.monitor.observe)
             self.monitor.check_finite()

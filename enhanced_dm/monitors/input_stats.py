@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from enhanced_dm.csr import stored_per_column
+
 __all__ = ["InputStatsMetric"]
 
 
@@ -43,32 +45,33 @@ class InputStatsMetric(Metric):
             self.nonzero_cells_g = torch.zeros(
                 n_genes, dtype=torch.float64, device=counts_ng.device
             )
-        self.cells += n_cells
+        self.cells.add_(n_cells)
         if counts_ng.layout == torch.sparse_csr:
             self._update_sparse(counts_ng)
             return
         nonzero_ng = counts_ng != 0
-        self.zero_count_cells += (~nonzero_ng.any(dim=-1)).sum()
-        self.nonzero_cells_g += torch.count_nonzero(nonzero_ng, dim=0)
+        self.zero_count_cells.add_((~nonzero_ng.any(dim=-1)).sum())
+        self.nonzero_cells_g.add_(torch.count_nonzero(nonzero_ng, dim=0))
 
     def _update_sparse(self, counts_ng: torch.Tensor) -> None:
         """From the stored values only; an explicitly stored zero counts for nothing."""
         values, n_genes = counts_ng.values(), counts_ng.shape[1]
-        genes = counts_ng.col_indices().to(torch.int64)
         crow = counts_ng.crow_indices().to(torch.int64)
-        # The usual case, stored means non-zero, skips the running count; checked on the CPU
-        # only, where asking costs no device synchronization.
-        if values.device.type == "cpu" and bool(torch.count_nonzero(values) == values.numel()):
-            nonzero_per_cell = crow.diff()
-        else:
-            # Non-zeros per cell from a running count read at the row boundaries (cheaper than
-            # a scatter-add); stored zeros are binned past the last gene and dropped.
-            nonzero = values != 0
-            running = torch.cat([nonzero.new_zeros(1, dtype=torch.int64), nonzero.cumsum(0)])
-            nonzero_per_cell = running[crow].diff()
-            genes = genes.masked_fill(~nonzero, n_genes)
-        self.zero_count_cells += torch.count_nonzero(nonzero_per_cell == 0)
-        self.nonzero_cells_g += torch.bincount(genes, minlength=n_genes + 1)[:n_genes]
+        # The usual case, stored means non-zero (counts are >= 0: a positive minimum says so),
+        # skips the running count and shares the per-gene count with the monitors of the
+        # batch's dense outputs; checked on the CPU only, where asking costs no device sync.
+        if values.device.type == "cpu" and values.numel() and bool(values.min() > 0):
+            self.zero_count_cells.add_(torch.count_nonzero(crow.diff() == 0))
+            self.nonzero_cells_g.add_(stored_per_column(counts_ng))
+            return
+        # Non-zeros per cell from a running count read at the row boundaries (cheaper than a
+        # scatter-add); stored zeros are binned past the last gene and dropped.
+        nonzero = values != 0
+        running = torch.cat([nonzero.new_zeros(1, dtype=torch.int64), nonzero.cumsum(0)])
+        nonzero_per_cell = running[crow].diff()
+        genes = counts_ng.col_indices().to(torch.int64).masked_fill(~nonzero, n_genes)
+        self.zero_count_cells.add_(torch.count_nonzero(nonzero_per_cell == 0))
+        self.nonzero_cells_g.add_(torch.bincount(genes, minlength=n_genes + 1)[:n_genes])
 
     def compute(self) -> dict[str, float]:
         return {

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from enhanced_dm.csr import flat_positions_shared
+from enhanced_dm.csr import shared_csr_structure
 
 if TYPE_CHECKING:
     from enhanced_dm.transforms.context import StepContext
@@ -126,7 +126,7 @@ class Pipeline(nn.ModuleList):
     ) -> Batch:
         """Run the transforms (all, or those before index ``stop_before``) over ``batch``."""
         result = dict(batch)
-        with flat_positions_shared():  # counts and x_ng of a batch share one CSR structure
+        with shared_csr_structure():  # counts and x_ng of a batch share one CSR structure
             for index, (name, transform) in enumerate(self.named_transforms()):
                 if stop_before is not None and index >= stop_before:
                     break

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from enhanced_dm.csr import flat_positions_of_stored_values, repeat_per_stored_value
+from enhanced_dm.csr import (
+    flat_positions_of_stored_values,
+    remember_dense_origin,
+    repeat_per_stored_value,
+)
 
 __all__ = [
     "densify",
@@ -27,6 +31,8 @@ def densify(x_ng: torch.Tensor, background_g: torch.Tensor | None = None) -> tor
     CSR is copied by flat position (``index_copy_``) into zeros, or into rows of ``background_g``
     (the value every unstored entry of a column takes): on CUDA several times faster than
     ``Tensor.to_dense()`` for integer CSR, on CPU about 5x (``benchmarks/results/device_*.json``).
+    Inside a pipeline call the result remembers its CSR origin, so a monitor summarizes it from
+    the stored values and the background row (:func:`~enhanced_dm.csr.dense_origin`).
     """
     if x_ng.layout == torch.strided:
         return x_ng
@@ -39,6 +45,7 @@ def densify(x_ng: torch.Tensor, background_g: torch.Tensor | None = None) -> tor
         dense = torch.empty(x_ng.shape, dtype=x_ng.dtype, device=x_ng.device)
         dense.copy_(background_g.to(x_ng.dtype).expand(x_ng.shape))
     dense.view(-1).index_copy_(0, flat_positions_of_stored_values(x_ng), x_ng.values())
+    remember_dense_origin(dense, x_ng, background_g)
     return dense
 
 
@@ -119,15 +126,12 @@ def standardize(
     """
     if x_ng.layout == torch.sparse_csr and center_g.dim() == 1 and scale_g.dim() == 1:
         zeros_g = (torch.zeros((), device=center_g.device) - center_g) / scale_g
-        columns = x_ng.col_indices().to(torch.int64)
-        stored = (x_ng.values().to(torch.float32) - center_g.index_select(0, columns)) / (
-            scale_g.index_select(0, columns)
-        )
+        columns = x_ng.col_indices()  # int32 or int64: index_select takes both
+        stored = x_ng.values().to(torch.float32) - center_g.index_select(0, columns)
+        stored.div_(scale_g.index_select(0, columns))  # in place on the fresh difference
         if max_value is not None:
-            zeros_g, stored = (
-                zeros_g.clamp(-max_value, max_value),
-                stored.clamp(-max_value, max_value),
-            )
+            zeros_g = zeros_g.clamp(-max_value, max_value)
+            stored.clamp_(-max_value, max_value)
         return densify(map_stored_values(x_ng, stored), background_g=zeros_g)
     y = (densify(x_ng).to(torch.float32) - center_g) / scale_g
     if max_value is not None:

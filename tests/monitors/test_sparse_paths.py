@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from enhanced_dm.csr import flat_positions_of_stored_values, flat_positions_shared
+from enhanced_dm.csr import dense_origin, flat_positions_of_stored_values, shared_csr_structure
 from enhanced_dm.monitors.input_stats import InputStatsMetric
 from enhanced_dm.monitors.output_stats import OutputStatsMetric
 from enhanced_dm.transforms import functional as F
@@ -97,15 +97,120 @@ def test_output_stats_count_clipped_values_as_numpy_does(clip: float) -> None:
 
 
 def test_densify_alternating_structures_of_one_shape(log_wu2020: sp.csr_matrix) -> None:
-    # Inside flat_positions_shared the positions of the last structure are reused: alternating
+    # Inside shared_csr_structure the positions of the last structure are reused: alternating
     # two structures of the same shape, and a matrix sharing one's structure with other values,
     # must stay exact; the block's end drops what it held.
     first, second = log_wu2020[:100], log_wu2020[100:200]
     a, b = as_torch_csr(first), as_torch_csr(second)
-    with flat_positions_shared():
+    with shared_csr_structure():
         for matrix, expected in [(a, first), (b, second), (a, first)]:
             assert np.array_equal(F.densify(matrix).numpy(), expected.toarray())
         doubled = F.map_stored_values(b, b.values() * 2)
         assert np.array_equal(F.densify(doubled).numpy(), 2 * second.toarray())
         assert flat_positions_of_stored_values(doubled) is flat_positions_of_stored_values(b)
     assert flat_positions_of_stored_values(b) is not flat_positions_of_stored_values(b)
+
+
+def _summaries_agree(
+    fused: dict[str, float], plain: dict[str, float], values: np.ndarray | None = None
+) -> None:
+    """Counts and extremes exactly as the dense read; the moments closer to float64 numpy than
+    the dense read's float32 sums are (those are within 1e-4, the fused ones within 1e-6: the
+    background part is summed in float64). Without ``values``: moments within 1e-4 of the
+    dense read."""
+    for key in ("cells_seen", "zero_fraction", "nonfinite_count", "clipped_fraction", "min", "max"):
+        assert fused[key] == plain[key], key
+    if values is None:
+        assert fused["mean"] == pytest.approx(plain["mean"], rel=1e-4, abs=1e-6)
+        assert fused["std"] == pytest.approx(plain["std"], rel=1e-4)
+        return
+    exact = values.astype(np.float64)
+    assert fused["mean"] == pytest.approx(exact.mean(), abs=1e-6)
+    assert fused["std"] == pytest.approx(exact.std(), rel=1e-6)
+    assert plain["std"] == pytest.approx(exact.std(), rel=1e-4)
+
+
+@pytest.mark.parametrize("max_value", [None, 1.5])
+def test_monitor_of_a_z_score_from_its_stored_values_equals_reading_every_entry(
+    log_wu2020: sp.csr_matrix, max_value: float | None
+) -> None:
+    # The fused summary (stored values + background row per column) against the dense read, on
+    # a real z-score output; one gene's background is exactly 0 (centre 0), so zeros come from
+    # both parts, and with max_value some values of both parts are clipped.
+    dense = torch.from_numpy(log_wu2020.toarray())
+    center, scale = dense.mean(0), dense.std(0).clamp_min(1e-3)
+    center[3] = 0.0
+    csr = as_torch_csr(log_wu2020)
+    fused, plain = OutputStatsMetric(clip_value=max_value), OutputStatsMetric(max_value)
+    for _ in range(2):  # accumulates across batches
+        with shared_csr_structure():
+            output = F.standardize(csr, center, scale, max_value)
+            assert dense_origin(output) is not None
+            fused.update(output)
+        assert dense_origin(output) is None  # nothing outlives the block
+        plain.update(output)
+    _summaries_agree(fused.compute(), plain.compute(), output.numpy())
+    assert plain.compute()["zero_fraction"] > 0
+    if max_value is not None:
+        assert plain.compute()["clipped_fraction"] > 0
+
+
+def test_monitor_reads_every_entry_after_an_in_place_write_or_non_finite_values(
+    log_wu2020: sp.csr_matrix,
+) -> None:
+    csr = as_torch_csr(log_wu2020[:50])
+    background = torch.zeros(csr.shape[1])
+    with shared_csr_structure():
+        written = F.densify(csr, background)
+        written[0, 0] = 123.0  # the recorded origin no longer describes it
+        assert dense_origin(written) is None
+        fused, plain = OutputStatsMetric(), OutputStatsMetric()
+        fused.update(written)
+        plain.update(written.clone())
+        assert fused.compute() == plain.compute()
+        assert fused.compute()["max"] == 123.0
+        background[1] = float("nan")
+        with_nan = F.densify(csr, background)
+        nan_metric = OutputStatsMetric()
+        nan_metric.update(with_nan)  # falls back to the value-by-value count
+        assert nan_metric.last_had_nonfinite
+        unstored_in_column_1 = 50 - int((log_wu2020[:50, 1] != 0).sum())
+        assert nan_metric.compute()["nonfinite_count"] == unstored_in_column_1
+
+
+@pytest.mark.parametrize("dense_counts", [True, False])
+def test_pipeline_statistics_equal_plain_metrics_reading_every_output(
+    tmp_path, dense_counts: bool
+) -> None:
+    # The DataModule's monitors (fused: input and z-score summarized from stored values) against
+    # fresh metrics fed each step's output outside any pipeline call (every entry read).
+    from enhanced_dm import BaseEnhancedDataModule
+    from enhanced_dm.monitors.input_stats import InputStatsMetric as Input
+
+    dm = BaseEnhancedDataModule(
+        data=shared_data("singlecell/wu2020_tcells_counts.h5ad"),
+        val_fraction=0.0,
+        batch_size=64,
+        progress=False,
+        stats_cache_dir=tmp_path,
+        dense_counts=dense_counts,
+    )
+    dm.setup("fit")
+    assert dm.pipeline is not None
+    names = [name for name, _ in dm.pipeline.named_transforms()]
+    plain = {name: OutputStatsMetric() for name in names}
+    plain_input = Input(int(dm.store.n_genes))
+    for batch in dm.train_dataloader():
+        output = dm.normalize(batch)
+        plain_input.update(F.densify(batch["counts_ng"]))
+        with torch.no_grad():
+            steps = dm.pipeline(batch, stop_before=names.index("z_score"))
+        plain["log1p"].update(F.densify(steps["x_ng"]))
+        plain["z_score"].update(output["x_ng"].clone())  # a copy carries no origin
+    stats = dm.get_normalization_stats()
+    for name in ("log1p", "z_score"):
+        _summaries_agree(stats[name], plain[name].compute())
+    first = stats["densify"]  # the input summary goes to the first step
+    expected_input = plain_input.compute()
+    assert first["zero_count_cells"] == expected_input["zero_count_cells"]
+    assert first["all_zero_genes"] == expected_input["all_zero_genes"] > 0
