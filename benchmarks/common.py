@@ -43,7 +43,8 @@ EpochFactory = Callable[[], Iterator[Minibatch]]
 NONZERO_SAMPLE_EVERY = 8
 
 
-def _spin() -> None:
+def _spin(started: Any) -> None:
+    started.set()
     while True:
         pass
 
@@ -55,8 +56,11 @@ def busy_neighbour(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    neighbour = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    neighbour = context.Process(target=_spin, args=(started,), daemon=True)
     neighbour.start()
+    started.wait(timeout=60)  # a spawned interpreter takes a moment: measure only once it spins
     try:
         yield
     finally:

@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 
 from common import (  # noqa: E402
     Measurement,
+    busy_neighbour,
     foreign_cores_now,
     measure,
     reference_entropies,
@@ -382,8 +383,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Data: `{report['settings']['path']}` ({report['n_cells']:,} cells x "
         f"{report['n_genes']:,} genes), batch {report['settings']['batch_size']}, "
-        f"{report['settings']['seconds']:.0f} s per row, {report['environment']['cpus']} CPUs. "
-        f"Entropy scale: sequential {report['entropy_reference']['sequential_order_entropy_bits']:.2f}"
+        f"{report['settings']['seconds']:.0f} s per row, {report['environment']['cpus']} CPUs"
+        + (
+            ", beside a busy neighbour (a process spinning on one core). "
+            if report["settings"].get("busy_neighbour")
+            else ". "
+        )
+        + f"Entropy scale: sequential {report['entropy_reference']['sequential_order_entropy_bits']:.2f}"
         f" bits, fully random {report['entropy_reference']['random_order_entropy_bits']:.2f} bits.",
         "",
         "| loader | cells/s | first batch (s) | peak RSS (MiB) | RSS growth (MiB) "
@@ -503,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warm-cache", action="store_true", help="do not pre-read the file")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="run every row beside a process spinning on one core (a training node's neighbour)",
+    )
+    parser.add_argument(
         "--quiet-cores",
         type=float,
         default=0.3,
@@ -553,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             "num_workers_enhanced": args.num_workers,
             "repeats": args.repeats,
             "page_cache": "cold" if args.no_warm_cache else "warm (file read once before)",
+            "busy_neighbour": args.busy,
         },
         "n_cells": n_cells,
         "n_genes": n_genes,
@@ -582,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         print(f"-> {config.name}", flush=True)
         wait_for_quiet(args.quiet_cores, args.max_wait)
-        measurement = run_config(config, settings, args.repeats)
+        with busy_neighbour(args.busy):  # its core shows as "other load" (about 1.0)
+            measurement = run_config(config, settings, args.repeats)
         row = {"kind": config.kind, **measurement.to_dict()}
         results.append(row)
         print(
