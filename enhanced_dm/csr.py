@@ -57,7 +57,7 @@ class _SharedStructure:
     key: tuple[object, ...] | None = None
     held: tuple[torch.Tensor, torch.Tensor] | None = None
     derived: ClassVar[dict[str, torch.Tensor]] = {}
-    origins: ClassVar[list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor | None]]] = []
+    origins: ClassVar[list[tuple[torch.Tensor, int | None, torch.Tensor, torch.Tensor | None]]] = []
 
 
 @contextmanager
@@ -119,7 +119,7 @@ def remember_dense_origin(
     block it does nothing. ``csr`` must be canonical (no repeated position), as CSR from
     AnnData and from the readers is."""
     if _SharedStructure.depth:
-        _SharedStructure.origins.append((dense, dense._version, csr, background_g))
+        _SharedStructure.origins.append((dense, _version(dense), csr, background_g))
 
 
 def dense_origin(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -133,8 +133,15 @@ def dense_origin(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | Non
             and dense.stride() == tensor.stride()
             and dense.dtype == tensor.dtype
         )
-        if same and dense._version == version:
+        if same and _version(dense) == version:
             if background_g is None:
                 return csr, dense.new_zeros(dense.shape[-1])
             return csr, background_g.to(dense.dtype)
     return None
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place write counter of ``tensor``; None for an inference-mode tensor, which keeps
+    none (Lightning validates and predicts in inference mode): its recorded origin is trusted,
+    as transforms return fresh outputs and never write a tensor after handing it on."""
+    return None if tensor.is_inference() else tensor._version

@@ -394,7 +394,7 @@ class CellStore:
         checks = self.value_checks
         if source_index < len(checks) and checks[source_index].complete:
             return
-        if self.is_counts and block.data.size:
+        if self.is_counts and block.data.size and not _fits_int32(block.data.dtype):
             largest = int(np.argmax(block.data))
             row_id = np.searchsorted(block.indptr, largest, side="right") - 1
             where = f"{self.sources[source_index].where} (row {int(local_rows[row_id])})"
@@ -593,6 +593,13 @@ def _check_array(
             "counts (pass raw counts, e.g. layer='counts', or counts=False for continuous data)"
         )
     return False
+
+
+def _fits_int32(dtype: np.dtype) -> bool:
+    """Whether every value of ``dtype`` fits the int32 that counts travel as (no range check)."""
+    if dtype.kind == "b":
+        return True
+    return dtype.kind in "iu" and np.iinfo(dtype).max <= INT32_MAX
 
 
 def _check_count_range(maximum: float, where: str) -> None:

@@ -39,9 +39,8 @@ class CountTotalsMetric(GroupedMomentsMetric):
         super().__init__(n_features, n_groups, key, group_key)
         self.what = what
 
-    def update(self, batch: Mapping[str, torch.Tensor]) -> None:
+    def check_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
         require_counts(batch[self.key], self.what, self.key)
-        super().update(batch)
 
     def compute(self) -> dict[str, torch.Tensor]:
         total = self.sum_g.sum()

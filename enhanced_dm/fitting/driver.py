@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import closing
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from tqdm.auto import tqdm
 
 from enhanced_dm.errors import FittingError
+from enhanced_dm.fitting.fused import fused_update
+from enhanced_dm.fitting.prefetch import prefetched
 from enhanced_dm.transforms.base import FittableTransform, Pipeline, Transform
 from enhanced_dm.transforms.context import StepContext
 from enhanced_dm.transforms.densify import Densify
@@ -32,9 +35,11 @@ def fit_pipeline(
     so a z-score after log1p is fitted on log values. The passes run with
     ``StepContext(stage="fit_stats")`` and the pipeline in ``eval()`` mode: no augmentation and no
     running state reaches the statistics. ``counts_ng`` stays sparse unless one of the steps up to
-    the fitted one reads the dense counts (:func:`fitting_view`). ``train_batches()`` must yield
-    every train cell of this rank once; the metrics' ``compute()`` merges ranks. Returns the
-    fitted state of every fittable transform, keyed by transform name.
+    the fitted one reads the dense counts (:func:`fitting_view`). After the standard per-cell
+    steps a moments metric is updated in one fused pass over the stored counts
+    (:func:`~enhanced_dm.fitting.fused.fused_update`, equal to the step-by-step pass).
+    ``train_batches()`` must yield every train cell of this rank once; the metrics' ``compute()``
+    merges ranks. Returns the fitted state of every fittable transform, keyed by transform name.
     """
     pipeline.to(device)
     was_training = pipeline.training
@@ -46,14 +51,15 @@ def fit_pipeline(
                 continue
             metric = transform.fit_metric().to(device)
             seen = 0
-            batches = tqdm(
-                train_batches(), desc=f"fitting {name}", disable=not progress, leave=False
-            )
             view = fitting_view(pipeline, index)
-            with torch.no_grad():
+            fused = fused_update(view, metric)
+            # closing: an error mid-pass stops the reading thread now, not when collected
+            with closing(prefetched(train_batches())) as ahead, torch.no_grad():
+                batches = tqdm(ahead, desc=f"fitting {name}", disable=not progress, leave=False)
                 for batch in batches:
-                    inputs = view(move_data_to_device(batch, device), context)
-                    metric.update(inputs)
+                    batch = move_data_to_device(batch, device)
+                    if fused is None or not fused(batch):
+                        metric.update(view(batch, context))
                     seen += 1
             if seen == 0 and not torch.distributed.is_initialized():
                 raise FittingError(f"cannot fit {name}: the train split yielded no batch")

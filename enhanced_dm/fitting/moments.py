@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torchmetrics import Metric
@@ -23,6 +24,10 @@ class GroupedMomentsMetric(Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
+    accepts_precomputed: ClassVar[bool] = True
+    """``update(batch, squares=..., genes=...)`` takes the squares and gene indices of a CSR
+    ``batch[key]``'s stored values computed by the caller (the fused fitting pass,
+    :mod:`~enhanced_dm.fitting.fused`); a subclass whose ``update`` differs sets it False."""
     count: torch.Tensor
     sum_g: torch.Tensor
     sumsq_g: torch.Tensor
@@ -46,9 +51,18 @@ class GroupedMomentsMetric(Metric):
         self.add_state("sum_bg", zeros_bg.clone(), dist_reduce_fx="sum")
         self.add_state("sumsq_bg", zeros_bg.clone(), dist_reduce_fx="sum")
 
-    def update(self, batch: Mapping[str, torch.Tensor]) -> None:
+    def update(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        squares: torch.Tensor | None = None,
+        genes: torch.Tensor | None = None,
+    ) -> None:
+        """Add the cells of ``batch[self.key]``. For a CSR one the caller may pass what the sums
+        need besides its stored values, computed already (:attr:`accepts_precomputed`): their
+        float64 ``squares`` and int64 column indices ``genes``."""
+        self.check_batch(batch)
         if batch[self.key].layout == torch.sparse_csr:
-            self._update_sparse(batch)
+            self._update_sparse(batch, squares, genes)
             return
         x_ng = batch[self.key].to(torch.float64)
         self.count += x_ng.shape[0]
@@ -63,16 +77,25 @@ class GroupedMomentsMetric(Metric):
         self.sum_bg.index_add_(0, group_n, x_ng)
         self.sumsq_bg.index_add_(0, group_n, x_ng * x_ng)
 
-    def _update_sparse(self, batch: Mapping[str, torch.Tensor]) -> None:
+    def check_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Refuse a batch these statistics cannot be fitted on (subclasses; any by default)."""
+
+    def _update_sparse(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        squares: torch.Tensor | None,
+        genes: torch.Tensor | None,
+    ) -> None:
         """The same sums from the stored values of a CSR batch (zeros add nothing to them)."""
         x_ng = batch[self.key]
         n_cells, n_genes = x_ng.shape
         values = x_ng.values().to(torch.float64)
-        genes = x_ng.col_indices().to(torch.int64)
+        genes = x_ng.col_indices().to(torch.int64) if genes is None else genes
+        squares = values * values if squares is None else squares
         self.count += n_cells
         # scatter_add_: about 2x faster than index_add_ on CPU for this shape (same sums)
         self.sum_g.scatter_add_(0, genes, values)
-        self.sumsq_g.scatter_add_(0, genes, values * values)
+        self.sumsq_g.scatter_add_(0, genes, squares)
         if self.group_key is None or self.n_groups == 0:
             return
         group_n = batch[self.group_key].long()
@@ -83,9 +106,8 @@ class GroupedMomentsMetric(Metric):
         cells = rows_of_stored_values(x_ng)
         keep = valid_n[cells]
         flat = group_n[cells][keep] * n_genes + genes[keep]
-        kept = values[keep]
-        self.sum_bg.view(-1).scatter_add_(0, flat, kept)
-        self.sumsq_bg.view(-1).scatter_add_(0, flat, kept * kept)
+        self.sum_bg.view(-1).scatter_add_(0, flat, values[keep])
+        self.sumsq_bg.view(-1).scatter_add_(0, flat, squares[keep])
 
     def compute(self) -> dict[str, torch.Tensor]:
         mean_g, std_g = moments_to_mean_std(self.count, self.sum_g, self.sumsq_g)

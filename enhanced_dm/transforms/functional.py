@@ -7,6 +7,7 @@ float32 buffers that were accumulated in float64).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from enhanced_dm.csr import (
@@ -83,11 +84,20 @@ def normalize_total(
 def log1p(x_ng: torch.Tensor) -> torch.Tensor:
     r"""Natural log of one plus the value: :math:`y = \ln(1 + x)` (``scanpy.pp.log1p``, base e).
 
-    Sparse input stays sparse (log1p maps 0 to 0).
+    Sparse input stays sparse (log1p maps 0 to 0). On the CPU numpy computes it, as scanpy does
+    (the same float32 kernel, so the same bits as scanpy): on the calling thread, where torch's
+    two-thread kernel waits 3-10x longer for a core a neighbouring process keeps busy.
     """
     if x_ng.layout == torch.sparse_csr:
-        return map_stored_values(x_ng, torch.log1p(x_ng.values().to(torch.float32)))
-    return torch.log1p(x_ng.to(torch.float32))
+        return map_stored_values(x_ng, _log1p_float32(x_ng.values()))
+    return _log1p_float32(x_ng)
+
+
+def _log1p_float32(values: torch.Tensor) -> torch.Tensor:
+    values = values.to(torch.float32)
+    if values.device.type != "cpu" or values.requires_grad:
+        return torch.log1p(values)
+    return torch.from_numpy(np.log1p(values.numpy()))
 
 
 def gather_group_rows(

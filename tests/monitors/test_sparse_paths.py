@@ -214,3 +214,16 @@ def test_pipeline_statistics_equal_plain_metrics_reading_every_output(
     expected_input = plain_input.compute()
     assert first["zero_count_cells"] == expected_input["zero_count_cells"]
     assert first["all_zero_genes"] == expected_input["all_zero_genes"] > 0
+
+
+def test_monitor_of_a_z_score_in_inference_mode(log_wu2020: sp.csr_matrix) -> None:
+    # Lightning validates in inference mode, whose tensors keep no version counter.
+    dense = torch.from_numpy(log_wu2020.toarray())
+    center, scale = dense.mean(0), dense.std(0).clamp_min(1e-3)
+    fused, plain = OutputStatsMetric(), OutputStatsMetric()
+    with torch.inference_mode(), shared_csr_structure():
+        output = F.standardize(as_torch_csr(log_wu2020), center, scale)
+        assert dense_origin(output) is not None
+        fused.update(output)
+    plain.update(output.clone())
+    _summaries_agree(fused.compute(), plain.compute(), output.numpy())
