@@ -9,7 +9,9 @@
    workers and ``pin_memory=True`` (pinned sparse CSR batches).
 3. Timings at batch 256 and 4096 on a synthetic in-memory dataset (``--genes``, ``--nnz``): loader
    only (CPU read of CSR batches), transfer + device pipeline, and the device pipeline alone, in
-   cells/s, with ``torch.cuda.synchronize`` around each timed region.
+   cells/s, with ``torch.cuda.synchronize`` around each timed region; and a torch profiler
+   summary of the last two (the top ops by time, and how many calls synchronize the host with
+   the device: issue 22 asks where the time goes).
 
 ``--device cpu`` runs the same checks on the CPU (to test the script); without CUDA and without
 ``--device cpu`` it says so and exits 0.
@@ -99,7 +101,39 @@ def timed(function: Any, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def throughput(adata: ad.AnnData, batch_size: int, device: torch.device) -> dict[str, float]:
+SYNCHRONIZING_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
+"""Runtime calls in a profile that make the host wait for the device (cudaMemcpyAsync to the
+host is counted by its name too: the pipeline reads scalars back for the NaN guard)."""
+
+
+def profile_summary(function: Any, device: torch.device, rows: int = 25) -> dict[str, Any]:
+    """Where the time of ``function()`` goes: torch profiler table (CPU and, on CUDA, device
+    time per op, sorted by total time), total host and device time, and the number of calls
+    that synchronize the host with the device (each costs a round trip per batch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    syncs = {
+        event.key: event.count
+        for event in averages
+        if any(event.key.startswith(name) for name in SYNCHRONIZING_CALLS)
+    }
+    return {
+        "table": averages.table(sort_by=sort_by, row_limit=rows),
+        "self_cpu_time_total_ms": sum(event.self_cpu_time_total for event in averages) / 1e3,
+        "synchronizing_calls": syncs,
+    }
+
+
+def throughput(adata: ad.AnnData, batch_size: int, device: torch.device) -> dict[str, Any]:
     dm = BaseEnhancedDataModule(
         data=adata,
         batch_key="batch",
@@ -127,6 +161,15 @@ def throughput(adata: ad.AnnData, batch_size: int, device: torch.device) -> dict
         "loader_cells_per_s": n_cells / loader_s,
         "transfer_and_pipeline_cells_per_s": n_cells / end_to_end_s,
         "pipeline_only_cells_per_s": n_cells / pipeline_s,
+        "profile_pipeline_only": profile_summary(
+            lambda: [dm.on_after_batch_transfer(batch, 0) for batch in on_device], device
+        ),
+        "profile_transfer_and_pipeline": profile_summary(
+            lambda: [
+                dm.on_after_batch_transfer(move_data_to_device(b, device), 0) for b in batches
+            ],
+            device,
+        ),
     }
 
 

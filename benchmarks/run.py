@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         print(f"-> {config.name}", flush=True)
         wait_for_quiet(args.quiet_cores, args.max_wait)
-        with busy_neighbour(args.busy):  # its core shows as "other load" (about 1.0)
+        with busy_neighbour(args.busy):  # our child: not in "other load"
             measurement = run_config(config, settings, args.repeats)
         row = {"kind": config.kind, **measurement.to_dict()}
         results.append(row)
