@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ def rows_of_stored_values(x_ng: torch.Tensor) -> torch.Tensor:
     return repeat_per_stored_value(x_ng, rows)
 
 
-class _SharedStructure:
+class _SharedStructure(threading.local):
     """Inside :func:`shared_csr_structure`: what was derived from the last CSR structure asked
     for (flat positions, stored values per column), with that structure's index tensors, and the
     CSR forms of the dense tensors :func:`remember_dense_origin` was told about.
@@ -50,14 +50,22 @@ class _SharedStructure:
     computed once per batch. Holding the index tensors keeps their memory alive, so equal data
     pointers mean the same, unchanged indices (CSR indices are never written in place).
     Everything is dropped when the outermost block ends, so nothing of a batch outlives its
-    pipeline call (on a GPU it can be large).
+    pipeline call (on a GPU it can be large). Per thread: pipelines run in two threads at once
+    do not see each other's batches.
     """
 
-    depth = 0
-    key: tuple[object, ...] | None = None
-    held: tuple[torch.Tensor, torch.Tensor] | None = None
-    derived: ClassVar[dict[str, torch.Tensor]] = {}
-    origins: ClassVar[list[tuple[torch.Tensor, int | None, torch.Tensor, torch.Tensor | None]]] = []
+    def __init__(self) -> None:
+        self.depth = 0
+        self.clear()
+
+    def clear(self) -> None:
+        self.key: tuple[object, ...] | None = None
+        self.held: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.derived: dict[str, torch.Tensor] = {}
+        self.origins: list[tuple[torch.Tensor, int | None, torch.Tensor, torch.Tensor | None]] = []
+
+
+_shared = _SharedStructure()
 
 
 @contextmanager
@@ -65,21 +73,19 @@ def shared_csr_structure() -> Iterator[None]:
     """Within the block, what is derived from a CSR structure (:func:`flat_positions_of_stored_values`,
     :func:`stored_per_column`) is reused for the last structure seen, and dense tensors can carry
     their CSR origin to the monitors (``Pipeline.forward`` runs its steps in such a block)."""
-    shared = _SharedStructure
-    shared.depth += 1
+    _shared.depth += 1
     try:
         yield
     finally:
-        shared.depth -= 1
-        if shared.depth == 0:
-            shared.key = shared.held = None
-            shared.derived, shared.origins = {}, []
+        _shared.depth -= 1
+        if _shared.depth == 0:
+            _shared.clear()
 
 
 def _derived(x_ng: torch.Tensor, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``compute()``, or inside :func:`shared_csr_structure` the value kept for this structure."""
     crow, col = x_ng.crow_indices(), x_ng.col_indices()
-    shared = _SharedStructure
+    shared = _shared
     if not shared.depth:
         return compute()
     key = (crow.data_ptr(), crow.numel(), col.data_ptr(), col.numel(), tuple(x_ng.shape))
@@ -118,15 +124,15 @@ def remember_dense_origin(
     stored values and the row (:func:`dense_origin`) instead of reading every entry. Outside a
     block it does nothing. ``csr`` must be canonical (no repeated position), as CSR from
     AnnData and from the readers is."""
-    if _SharedStructure.depth:
-        _SharedStructure.origins.append((dense, _version(dense), csr, background_g))
+    if _shared.depth:
+        _shared.origins.append((dense, _version(dense), csr, background_g))
 
 
 def dense_origin(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(csr, background_g)`` recorded for this tensor or a view of all of it (``detach()``;
     the row in its dtype), if it was not written in place since (the version counter, which
     views share, tells), else None."""
-    for tensor, version, csr, background_g in _SharedStructure.origins:
+    for tensor, version, csr, background_g in _shared.origins:
         same = (
             dense.data_ptr() == tensor.data_ptr()
             and dense.shape == tensor.shape

@@ -227,3 +227,23 @@ def test_monitor_of_a_z_score_in_inference_mode(log_wu2020: sp.csr_matrix) -> No
         fused.update(output)
     plain.update(output.clone())
     _summaries_agree(fused.compute(), plain.compute(), output.numpy())
+
+
+def test_shared_structure_is_per_thread(log_wu2020: sp.csr_matrix) -> None:
+    # A pipeline call in another thread neither sees this thread's records nor clears them.
+    import threading
+
+    csr = as_torch_csr(log_wu2020[:20])
+    seen_elsewhere: list[object] = []
+    with shared_csr_structure():
+        dense = F.densify(csr, torch.zeros(csr.shape[1]))
+
+        def other() -> None:
+            with shared_csr_structure():
+                seen_elsewhere.append(dense_origin(dense))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert seen_elsewhere == [None]
+        assert dense_origin(dense) is not None
