@@ -111,16 +111,11 @@ class FusedLogMoments:
         return True
 
     def _scale_n(self, batch: Mapping[str, torch.Tensor]) -> np.ndarray:
-        """Each cell's factor as :func:`~enhanced_dm.transforms.functional.normalize_total`
-        computes it: a float32 division (correctly rounded in numpy as in torch), 0 for cells
-        with no counts. numpy: a few hundred values, where torch's per-call cost dominates."""
+        """Each cell's factor, as :func:`~enhanced_dm.transforms.functional.normalize_total`
+        computes it (the same function)."""
         assert self.normalize_total is not None
-        total = batch[self.normalize_total.total_key].numpy().astype(np.float32)
-        target_sum = np.float32(self.normalize_total.target_sum.item())
-        tiny = np.finfo(np.float32).tiny
-        with np.errstate(over="ignore"):  # target / tiny for empty cells; where() drops it
-            scale_n = target_sum / np.maximum(total, tiny)
-        return np.where(total > 0, scale_n, np.float32(0.0))
+        total_n = batch[self.normalize_total.total_key]
+        return F.total_count_factors(total_n, self.normalize_total.target_sum).numpy()
 
     def _reserve(self, size: int) -> None:
         """Grow the workspace to ``size`` stored values (never shrinks: batches are alike)."""

@@ -23,6 +23,7 @@ __all__ = [
     "map_stored_values",
     "normalize_total",
     "standardize",
+    "total_count_factors",
 ]
 
 
@@ -71,14 +72,22 @@ def normalize_total(
     Matches ``scanpy.pp.normalize_total``: cells with zero total stay zero (never NaN). ``t_c`` is
     the cell's library size (``total_counts_n``), so a gene subset keeps the whole-file scale.
     """
-    total = total_counts_n.to(torch.float32)
-    scale_n = torch.where(
-        total > 0, target_sum / total.clamp_min(torch.finfo(torch.float32).tiny), 0.0
-    )
+    scale_n = total_count_factors(total_counts_n, target_sum)
     if x_ng.layout == torch.sparse_csr:
         values = x_ng.values().to(torch.float32) * repeat_per_stored_value(x_ng, scale_n)
         return map_stored_values(x_ng, values)
     return x_ng.to(torch.float32) * scale_n.unsqueeze(-1)
+
+
+def total_count_factors(
+    total_counts_n: torch.Tensor, target_sum: float | torch.Tensor
+) -> torch.Tensor:
+    r"""Each cell's factor :math:`\text{target\_sum} / t_c` in float32, 0 where :math:`t_c = 0`
+    (:func:`normalize_total` multiplies by it; the fused fitting pass too)."""
+    total = total_counts_n.to(torch.float32)
+    return torch.where(
+        total > 0, target_sum / total.clamp_min(torch.finfo(torch.float32).tiny), 0.0
+    )
 
 
 def log1p(x_ng: torch.Tensor) -> torch.Tensor:
