@@ -196,7 +196,7 @@ def test_pipeline_statistics_equal_plain_metrics_reading_every_output(
         dense_counts=dense_counts,
     )
     dm.setup("fit")
-    assert dm.pipeline is not None
+    assert dm.pipeline is not None and dm.store is not None
     names = [name for name, _ in dm.pipeline.named_transforms()]
     plain = {name: OutputStatsMetric() for name in names}
     plain_input = Input(int(dm.store.n_genes))
