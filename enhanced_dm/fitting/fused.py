@@ -2,13 +2,13 @@
 over the stored counts.
 
 The step-by-step pass (:func:`~enhanced_dm.fitting.driver.fitting_view` then ``metric.update``)
-builds a CSR tensor per step (float32 counts, scaled counts, their log1p), then the metric casts
-the result to float64 and squares it, each in fresh memory. :class:`FusedLogMoments` makes the
-same float32 values with the same operations, in place in a workspace reused across batches, and
-hands them to the metric in float64 with their squares and gene indices
-(:class:`PrecomputingMetric`): the statistics equal the step-by-step ones up to the order of
-float64 additions (``tests/fitting/test_fused.py`` pins 1e-12 relative). The step-by-step pass
-stays the reference, and the pass for every other pipeline, metric, device or layout.
+builds a CSR tensor per step (float32 counts, scaled counts, their log1p), each in fresh memory.
+:class:`FusedLogMoments` makes the same float32 values with the same operations, in place in a
+workspace reused across batches, and hands them to the metric as the last step would
+(:class:`FusedFittingMetric`); the metric sums them as it sums any CSR batch, so the statistics
+equal the step-by-step ones (``tests/fitting/test_fused.py`` pins 1e-12 relative). The
+step-by-step pass stays the reference, and the pass for every other pipeline, metric, device or
+layout.
 """
 
 from __future__ import annotations
@@ -27,27 +27,22 @@ from enhanced_dm.transforms.log1p import Log1p
 if TYPE_CHECKING:
     from enhanced_dm.transforms.normalize_total import NormalizeTotal
 
-__all__ = ["FusedLogMoments", "PrecomputingMetric", "fused_update"]
+__all__ = ["FusedFittingMetric", "FusedLogMoments", "fused_update"]
 
 StepT = TypeVar("StepT", bound=Transform)
 
 
 @runtime_checkable
-class PrecomputingMetric(Protocol):
-    """A fitting metric whose ``update`` takes, for a CSR ``batch[key]`` with float64 stored
-    values, their squares and int64 column indices computed by the caller
-    (``accepts_precomputed``, as :class:`~enhanced_dm.fitting.moments.GroupedMomentsMetric`)."""
+class FusedFittingMetric(Protocol):
+    """A fitting metric whose ``update`` reads only ``batch[key]`` and ``batch[group_key]``
+    (``fused_fitting``, as :class:`~enhanced_dm.fitting.moments.GroupedMomentsMetric`), so the
+    fused pass may hand it the per-cell steps' output without running the steps."""
 
     key: str
     group_key: str | None
-    accepts_precomputed: bool
+    fused_fitting: bool
 
-    def update(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        squares: torch.Tensor | None = None,
-        genes: torch.Tensor | None = None,
-    ) -> None: ...
+    def update(self, batch: Mapping[str, torch.Tensor]) -> None: ...
 
 
 class FusedLogMoments:
@@ -59,14 +54,14 @@ class FusedLogMoments:
 
     in float32 with the kernels' operations
     (:func:`~enhanced_dm.transforms.functional.normalize_total`; numpy's ``log1p``, as
-    :func:`~enhanced_dm.transforms.functional.log1p` on the CPU), then :math:`y` and :math:`y^2`
-    in float64. The workspace grows to the largest batch (a few
-    bytes per stored value of one batch), so memory does not depend on the number of cells.
+    :func:`~enhanced_dm.transforms.functional.log1p` on the CPU). The workspace grows to the
+    largest batch (four bytes per stored value of one batch), so memory does not depend on the
+    number of cells.
     """
 
     def __init__(
         self,
-        metric: PrecomputingMetric,
+        metric: FusedFittingMetric,
         normalize_total: NormalizeTotal | None,
         log1p: bool,
     ) -> None:
@@ -74,9 +69,6 @@ class FusedLogMoments:
         self.normalize_total = normalize_total
         self.log1p = log1p
         self._values32 = np.empty(0, dtype=np.float32)
-        self._values64 = np.empty(0, dtype=np.float64)
-        self._squares64 = np.empty(0, dtype=np.float64)
-        self._genes64 = np.empty(0, dtype=np.int64)
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> bool:
         """Update the metric with ``batch``; False (nothing done) when the batch is not a CPU CSR
@@ -88,26 +80,17 @@ class FusedLogMoments:
             stored = counts.values().numpy()
         except TypeError:  # a dtype numpy lacks (bfloat16)
             return False
-        size = stored.size
-        self._reserve(size)
-        values32 = self._values32[:size]
+        if stored.size > self._values32.size:  # grows to the largest batch, never shrinks
+            self._values32 = np.empty(stored.size, dtype=np.float32)
+        values32 = self._values32[: stored.size]
         np.copyto(values32, stored, casting="unsafe")  # densify: values.to(float32)
         if self.normalize_total is not None:
             per_value = np.repeat(self._scale_n(batch), np.diff(counts.crow_indices().numpy()))
             np.multiply(values32, per_value, out=values32)  # float32 product, as the kernel's
         if self.log1p:
             np.log1p(values32, out=values32)  # F.log1p's CPU kernel (numpy's, as scanpy's)
-        values64, squares64 = self._values64[:size], self._squares64[:size]
-        np.copyto(values64, values32)
-        np.multiply(values64, values64, out=squares64)
-        genes64 = self._genes64[:size]
-        np.copyto(genes64, counts.col_indices().numpy())
-        x_ng = F.map_stored_values(counts, torch.from_numpy(values64))
-        self.metric.update(
-            {**batch, "x_ng": x_ng},
-            squares=torch.from_numpy(squares64),
-            genes=torch.from_numpy(genes64),
-        )
+        x_ng = F.map_stored_values(counts, torch.from_numpy(values32))
+        self.metric.update({**batch, "x_ng": x_ng})
         return True
 
     def _scale_n(self, batch: Mapping[str, torch.Tensor]) -> np.ndarray:
@@ -117,20 +100,11 @@ class FusedLogMoments:
         total_n = batch[self.normalize_total.total_key]
         return F.total_count_factors(total_n, self.normalize_total.target_sum).numpy()
 
-    def _reserve(self, size: int) -> None:
-        """Grow the workspace to ``size`` stored values (never shrinks: batches are alike)."""
-        if size <= self._values32.size:
-            return
-        self._values32 = np.empty(size, dtype=np.float32)
-        self._values64 = np.empty(size, dtype=np.float64)
-        self._squares64 = np.empty(size, dtype=np.float64)
-        self._genes64 = np.empty(size, dtype=np.int64)
-
 
 def fused_update(view: Pipeline, metric: object) -> FusedLogMoments | None:
     """The fused pass for ``metric`` after ``view``, or None when the step-by-step pass must run.
 
-    Fused: a :class:`PrecomputingMetric` reading ``x_ng`` (and group codes no step writes),
+    Fused: a :class:`FusedFittingMetric` reading ``x_ng`` (and group codes no step writes),
     after exactly ``densify -> [normalize_total] -> [log1p]`` on ``x_ng``
     (the standard per-cell steps; their exact classes, since a subclass may compute otherwise).
     Anything else (counts-slot steps, per_cell-slot steps, a combined-group step, another
@@ -139,7 +113,7 @@ def fused_update(view: Pipeline, metric: object) -> FusedLogMoments | None:
     # Imported here: transforms.normalize_total imports its fitting metric from this package.
     from enhanced_dm.transforms.normalize_total import NormalizeTotal
 
-    if not isinstance(metric, PrecomputingMetric) or not metric.accepts_precomputed:
+    if not isinstance(metric, FusedFittingMetric) or not metric.fused_fitting:
         return None
     if metric.key != "x_ng":
         return None

@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 
 from enhanced_dm.csr import rows_of_stored_values
 
 __all__ = ["GroupedMomentsMetric", "RawMomentsMetric", "moments_to_mean_std", "scale_or_one"]
+
+_COMPILED_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64)
+"""Stored-value dtypes the compiled CPU sums take (others go through scatter-adds)."""
 
 
 class GroupedMomentsMetric(Metric):
@@ -24,10 +28,10 @@ class GroupedMomentsMetric(Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
-    accepts_precomputed: ClassVar[bool] = True
-    """``update(batch, squares=..., genes=...)`` takes the squares and gene indices of a CSR
-    ``batch[key]``'s stored values computed by the caller (the fused fitting pass,
-    :mod:`~enhanced_dm.fitting.fused`); a subclass whose ``update`` differs sets it False."""
+    fused_fitting: ClassVar[bool] = True
+    """``update`` reads only ``batch[key]`` and ``batch[group_key]``: the fused fitting pass
+    (:mod:`~enhanced_dm.fitting.fused`) may hand it the per-cell steps' output directly; a
+    subclass whose ``update`` reads more sets it False."""
     count: torch.Tensor
     sum_g: torch.Tensor
     sumsq_g: torch.Tensor
@@ -51,18 +55,11 @@ class GroupedMomentsMetric(Metric):
         self.add_state("sum_bg", zeros_bg.clone(), dist_reduce_fx="sum")
         self.add_state("sumsq_bg", zeros_bg.clone(), dist_reduce_fx="sum")
 
-    def update(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        squares: torch.Tensor | None = None,
-        genes: torch.Tensor | None = None,
-    ) -> None:
-        """Add the cells of ``batch[self.key]``. For a CSR one the caller may pass what the sums
-        need besides its stored values, computed already (:attr:`accepts_precomputed`): their
-        float64 ``squares`` and int64 column indices ``genes``."""
+    def update(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Add the cells of ``batch[self.key]`` (dense, or CSR: read from its stored values)."""
         self.check_batch(batch)
         if batch[self.key].layout == torch.sparse_csr:
-            self._update_sparse(batch, squares, genes)
+            self._update_sparse(batch)
             return
         x_ng = batch[self.key].to(torch.float64)
         self.count += x_ng.shape[0]
@@ -80,34 +77,46 @@ class GroupedMomentsMetric(Metric):
     def check_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
         """Refuse a batch these statistics cannot be fitted on (subclasses; any by default)."""
 
-    def _update_sparse(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        squares: torch.Tensor | None,
-        genes: torch.Tensor | None,
-    ) -> None:
-        """The same sums from the stored values of a CSR batch (zeros add nothing to them)."""
-        x_ng = batch[self.key]
+    def _update_sparse(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """The same sums from the stored values of a CSR batch (zeros add nothing to them): on
+        the CPU in one compiled pass (:func:`~enhanced_dm.fitting.stored_sums.add_stored_moments`),
+        elsewhere with scatter-adds."""
+        x_ng = batch[self.key].detach()
         n_cells, n_genes = x_ng.shape
-        values = x_ng.values().to(torch.float64)
-        genes = x_ng.col_indices().to(torch.int64) if genes is None else genes
-        squares = values * values if squares is None else squares
+        group_n = None
+        if self.group_key is not None and self.n_groups > 0:
+            group_n = batch[self.group_key].long()
+            valid_n = (group_n >= 0) & (group_n < self.n_groups)
+            self.count_b.index_add_(
+                0, group_n[valid_n], torch.ones_like(group_n[valid_n], dtype=torch.float64)
+            )
         self.count += n_cells
+        if x_ng.device.type == "cpu" and x_ng.values().dtype in _COMPILED_DTYPES:
+            from enhanced_dm.fitting.stored_sums import add_stored_moments
+
+            add_stored_moments(
+                x_ng.values().numpy(),
+                x_ng.col_indices().numpy(),
+                x_ng.crow_indices().numpy(),
+                np.full(n_cells, -1) if group_n is None else group_n.numpy(),
+                self.sum_g.numpy(),
+                self.sumsq_g.numpy(),
+                self.sum_bg.numpy(),
+                self.sumsq_bg.numpy(),
+            )
+            return
+        values = x_ng.values().to(torch.float64)
+        genes = x_ng.col_indices().to(torch.int64)
         # scatter_add_: about 2x faster than index_add_ on CPU for this shape (same sums)
         self.sum_g.scatter_add_(0, genes, values)
-        self.sumsq_g.scatter_add_(0, genes, squares)
-        if self.group_key is None or self.n_groups == 0:
+        self.sumsq_g.scatter_add_(0, genes, values * values)
+        if group_n is None:
             return
-        group_n = batch[self.group_key].long()
-        valid_n = (group_n >= 0) & (group_n < self.n_groups)
-        self.count_b.index_add_(
-            0, group_n[valid_n], torch.ones_like(group_n[valid_n], dtype=torch.float64)
-        )
         cells = rows_of_stored_values(x_ng)
         keep = valid_n[cells]
         flat = group_n[cells][keep] * n_genes + genes[keep]
         self.sum_bg.view(-1).scatter_add_(0, flat, values[keep])
-        self.sumsq_bg.view(-1).scatter_add_(0, flat, squares[keep])
+        self.sumsq_bg.view(-1).scatter_add_(0, flat, values[keep] ** 2)
 
     def compute(self) -> dict[str, torch.Tensor]:
         mean_g, std_g = moments_to_mean_std(self.count, self.sum_g, self.sumsq_g)
