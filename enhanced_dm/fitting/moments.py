@@ -15,6 +15,9 @@ __all__ = ["GroupedMomentsMetric", "RawMomentsMetric", "moments_to_mean_std", "s
 
 _COMPILED_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64)
 """Stored-value dtypes the compiled CPU sums take (others go through scatter-adds)."""
+COMPILED_MIN_VALUES = 2**16
+"""Batches storing fewer values use scatter-adds: importing numba (~0.3 s, ~100 MB of LLVM) and
+compiling would cost more than small batches gain (the bundled demo's batches never reach it)."""
 
 
 class GroupedMomentsMetric(Metric):
@@ -79,8 +82,8 @@ class GroupedMomentsMetric(Metric):
 
     def _update_sparse(self, batch: Mapping[str, torch.Tensor]) -> None:
         """The same sums from the stored values of a CSR batch (zeros add nothing to them): on
-        the CPU in one compiled pass (:func:`~enhanced_dm.fitting.stored_sums.add_stored_moments`),
-        elsewhere with scatter-adds."""
+        the CPU in one compiled pass (:func:`~enhanced_dm.fitting.stored_sums.add_stored_moments`)
+        from :data:`COMPILED_MIN_VALUES` stored values on, otherwise with scatter-adds."""
         x_ng = batch[self.key].detach()
         n_cells, n_genes = x_ng.shape
         group_n = None
@@ -91,11 +94,13 @@ class GroupedMomentsMetric(Metric):
                 0, group_n[valid_n], torch.ones_like(group_n[valid_n], dtype=torch.float64)
             )
         self.count += n_cells
-        if x_ng.device.type == "cpu" and x_ng.values().dtype in _COMPILED_DTYPES:
+        values = x_ng.values()
+        compiled = values.dtype in _COMPILED_DTYPES and values.numel() >= COMPILED_MIN_VALUES
+        if x_ng.device.type == "cpu" and compiled:
             from enhanced_dm.fitting.stored_sums import add_stored_moments
 
             add_stored_moments(
-                x_ng.values().numpy(),
+                values.numpy(),
                 x_ng.col_indices().numpy(),
                 x_ng.crow_indices().numpy(),
                 np.full(n_cells, -1) if group_n is None else group_n.numpy(),
@@ -105,7 +110,7 @@ class GroupedMomentsMetric(Metric):
                 self.sumsq_bg.numpy(),
             )
             return
-        values = x_ng.values().to(torch.float64)
+        values = values.to(torch.float64)
         genes = x_ng.col_indices().to(torch.int64)
         # scatter_add_: about 2x faster than index_add_ on CPU for this shape (same sums)
         self.sum_g.scatter_add_(0, genes, values)

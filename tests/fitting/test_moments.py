@@ -8,16 +8,22 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from enhanced_dm.fitting import GroupedMomentsMetric
+from enhanced_dm.fitting import GroupedMomentsMetric, moments
 from tests.helpers import shared_data
 
 STATES = ("count", "sum_g", "sumsq_g", "count_b", "sum_bg", "sumsq_bg")
 
 
+@pytest.mark.parametrize("compiled_from", [0, None])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.float16])
-def test_sparse_moments_equal_the_dense_sums(dtype: type) -> None:
+def test_sparse_moments_equal_the_dense_sums(
+    dtype: type, compiled_from: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Real counts (wu2020), log-normalized for the float types; three groups and missing labels.
-    # float16 values take the scatter-add path, the others the compiled one.
+    # Compiled sums from any size (0), or never (None: scatter-adds); float16 never compiled.
+    monkeypatch.setattr(
+        moments, "COMPILED_MIN_VALUES", 2**62 if compiled_from is None else compiled_from
+    )
     counts = ad.read_h5ad(shared_data("singlecell/wu2020_tcells_counts.h5ad")).X[:240]
     matrix = sp.csr_matrix(counts, dtype=np.float64)
     if dtype != np.int32:
