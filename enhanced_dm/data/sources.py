@@ -598,23 +598,33 @@ def _matrix_element(path: Path, layer: str | None, backed: bool) -> str:
         node = file[element]
         where = f"{path} ({element})"
         if isinstance(node, h5py.Group):
-            encoding = encoding_type(node)
-            if encoding not in ("csr_matrix", "csc_matrix") or "data" not in node:
-                raise DataFileError(
-                    f"{where}: stored as {encoding or 'an unknown group'}; expected a csr_matrix, "
-                    "csc_matrix or dense array"
-                )
-            if encoding == "csc_matrix" and backed:
-                raise DataFileError(
-                    f"{where}: stored as csc_matrix; backed reading needs csr_matrix rows "
-                    "(convert with adata.X = adata.X.tocsr() and write again, or use backed=False)"
-                )
-            _check_dtype(node["data"].dtype, where)
+            check_sparse_group(encoding_type(node), node.get("data"), where, backed)
         elif isinstance(node, h5py.Dataset):
-            if node.ndim != 2:
-                raise DataFileError(f"{where}: expected a 2-d matrix, found shape {node.shape}")
-            _check_dtype(node.dtype, where)
+            check_dense_array(node, where)
     return element
+
+
+def check_sparse_group(encoding: str | None, data: Any, where: str, backed: bool) -> None:
+    """An X / layer group (h5py or zarr) must be CSR, or CSC when read into memory, with a
+    ``data`` array of numbers (``data`` None: the group has none)."""
+    if encoding not in ("csr_matrix", "csc_matrix") or data is None:
+        raise DataFileError(
+            f"{where}: stored as {encoding or 'an unknown group'}; expected a csr_matrix, "
+            "csc_matrix or dense array"
+        )
+    if encoding == "csc_matrix" and backed:
+        raise DataFileError(
+            f"{where}: stored as csc_matrix; backed reading needs csr_matrix rows "
+            "(convert with adata.X = adata.X.tocsr() and write again, or use backed=False)"
+        )
+    _check_dtype(data.dtype, where)
+
+
+def check_dense_array(array: Any, where: str) -> None:
+    """A dense X / layer array (h5py or zarr) must be 2-d and hold numbers."""
+    if array.ndim != 2:
+        raise DataFileError(f"{where}: expected a 2-d matrix, found shape {array.shape}")
+    _check_dtype(array.dtype, where)
 
 
 def _holds_10x_v3(path: Path) -> bool:

@@ -26,8 +26,9 @@ from enhanced_dm.data.sources import (
     HeldRows,
     Source,
     _as_csr,
-    _check_dtype,
     _read_spans,
+    check_dense_array,
+    check_sparse_group,
     encoding_type,
 )
 from enhanced_dm.errors import DataFileError
@@ -194,23 +195,9 @@ def _matrix_node(group: zarr.Group, path: Path, layer: str | None, backed: bool)
         what = "X" if layer is None else f"layer {layer!r}"
         raise DataFileError(f"{path}: {what} is missing (layers present: {layers})") from None
     if isinstance(node, zarr.Group):
-        data: Any = node.get("data")
-        encoding = encoding_type(node)
-        if encoding not in ("csr_matrix", "csc_matrix") or data is None:
-            raise DataFileError(
-                f"{where}: stored as {encoding or 'an unknown group'}; expected a csr_matrix, "
-                "csc_matrix or dense array"
-            )
-        if encoding == "csc_matrix" and backed:
-            raise DataFileError(
-                f"{where}: stored as csc_matrix; backed reading needs csr_matrix rows "
-                "(write it with adata.X = adata.X.tocsr(), or use backed=False)"
-            )
-        _check_dtype(data.dtype, where)
-    elif node.ndim != 2:
-        raise DataFileError(f"{where}: expected a 2-d matrix, found shape {node.shape}")
+        check_sparse_group(encoding_type(node), node.get("data"), where, backed)
     else:
-        _check_dtype(node.dtype, where)
+        check_dense_array(node, where)
     return element
 
 
