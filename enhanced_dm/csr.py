@@ -84,16 +84,15 @@ def shared_csr_structure() -> Iterator[None]:
 
 def _derived(x_ng: torch.Tensor, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``compute()``, or inside :func:`shared_csr_structure` the value kept for this structure."""
-    crow, col = x_ng.crow_indices(), x_ng.col_indices()
-    shared = _shared
-    if not shared.depth:
+    if not _shared.depth:
         return compute()
+    crow, col = x_ng.crow_indices(), x_ng.col_indices()
     key = (crow.data_ptr(), crow.numel(), col.data_ptr(), col.numel(), tuple(x_ng.shape))
-    if shared.key != key:
-        shared.key, shared.held, shared.derived = key, (crow, col), {}
-    if name not in shared.derived:
-        shared.derived[name] = compute()
-    return shared.derived[name]
+    if _shared.key != key:
+        _shared.key, _shared.held, _shared.derived = key, (crow, col), {}
+    if name not in _shared.derived:
+        _shared.derived[name] = compute()
+    return _shared.derived[name]
 
 
 def flat_positions_of_stored_values(x_ng: torch.Tensor) -> torch.Tensor:

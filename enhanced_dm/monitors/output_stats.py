@@ -82,13 +82,10 @@ class OutputStatsMetric(Metric):
             stored = stored[finite]
             total = stored.sum(dtype=torch.float64)
         self.values.add_(stored.numel() + implicit_zeros)
-        self.total.add_(total)
-        self.total_sq.add_(torch.dot(stored, stored).to(torch.float64))
         self.zeros.add_(implicit_zeros)
-        if stored.numel():
-            low, high = torch.aminmax(stored)
-            self.zeros.add_(self._zeros_among(stored, low, high))
-            self.clipped.add_(self._clipped_among(stored, low, high))
+        extremes = self._add_finite(stored, total)
+        if extremes is not None:
+            low, high = extremes
             if implicit_zeros:
                 low, high = low.clamp(max=0), high.clamp(min=0)
             self._add_extremes(low, high)
@@ -111,8 +108,7 @@ class OutputStatsMetric(Metric):
         row_g = background_g.to(torch.float64)
         self.cells.add_(n_rows)
         self.values.add_(n_rows * n_columns)
-        self.total.add_(stored_total + torch.dot(weights_g, row_g))
-        self.total_sq.add_(torch.dot(stored, stored).to(torch.float64))
+        self.total.add_(torch.dot(weights_g, row_g))
         self.total_sq.add_(torch.dot(weights_g, row_g * row_g))
         self.zeros.add_(torch.dot(weights_g, (row_g == 0).to(torch.float64)))
         shown_g = unstored_g > 0  # the background value appears in the matrix
@@ -122,13 +118,26 @@ class OutputStatsMetric(Metric):
         if self.clip_value is not None:
             clipped_g = (row_g.abs() >= self.clip_value).to(torch.float64)
             self.clipped.add_(torch.dot(weights_g, clipped_g))
-        if stored.numel():
-            stored_low, stored_high = torch.aminmax(stored)
-            self.zeros.add_(self._zeros_among(stored, stored_low, stored_high))
-            self.clipped.add_(self._clipped_among(stored, stored_low, stored_high))
-            low, high = torch.minimum(low, stored_low), torch.maximum(high, stored_high)
+        extremes = self._add_finite(stored, stored_total)
+        if extremes is not None:
+            low, high = torch.minimum(low, extremes[0]), torch.maximum(high, extremes[1])
         self._add_extremes(low, high)
         return True
+
+    def _add_finite(
+        self, stored: torch.Tensor, total: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Add finite values (``total`` their float64 sum) to the sums, zeros and clipped
+        counts; their (min, max), or None when there are none. Counts of values and cells are
+        the caller's."""
+        self.total.add_(total)
+        self.total_sq.add_(torch.dot(stored, stored).to(torch.float64))
+        if not stored.numel():
+            return None
+        low, high = torch.aminmax(stored)
+        self.zeros.add_(self._zeros_among(stored, low, high))
+        self.clipped.add_(self._clipped_among(stored, low, high))
+        return low, high
 
     @staticmethod
     def _zeros_among(stored: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
